@@ -1,0 +1,61 @@
+"""The ``edgecnn`` command.
+
+Each sub-command is one module in ``edgecnn.compiler.commands`` exposing ``HELP``,
+``add_arguments(parser)`` and ``run(args) -> int``; adding a command is adding a file.
+User mistakes become one line on stderr and exit code 2 (1 for a verification mismatch),
+never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+
+from edgecnn.runtime.errors import EdgeCNNError
+
+from . import commands
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("edgecnn")
+    except Exception:  # running from a source tree without an install
+        return "unknown"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edgecnn",
+        description="Compile convolutional networks from definition to verified code on edge hardware.",
+    )
+    parser.add_argument("--version", action="version", version=f"edgecnn {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
+        if info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"{commands.__name__}.{info.name}")
+        name = getattr(module, "NAME", info.name)
+        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except EdgeCNNError as exc:
+        print(f"edgecnn {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"edgecnn {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

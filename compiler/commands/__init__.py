@@ -1,0 +1,1 @@
+"""Sub-commands of ``edgecnn``: one module each (HELP, add_arguments, run)."""

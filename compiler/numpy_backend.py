@@ -1,0 +1,104 @@
+"""The NumPy reference backend: executes a Graph forward and backward, with no per-op code.
+
+Forward walks the nodes in topological order and keeps each op's cache when gradients are
+needed; backward walks them in reverse, accumulating gradients over fan-out (a tensor used by
+two nodes receives the sum of both gradients, which is what residual Adds need).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import ModelDefinitionError
+from .ir import Graph
+from .ops.base import RunContext
+from edgecnn.runtime.errors import InputError
+
+
+@dataclass
+class Tape:
+    """What a forward pass leaves for the backward: per node its cache, and all tensor values."""
+
+    values: dict[str, np.ndarray]
+    caches: dict[str, object] = field(default_factory=dict)
+    ctx: RunContext | None = None
+
+
+def check_feeds(graph: Graph, feeds: dict[str, np.ndarray], dtype=np.float32) -> dict[str, np.ndarray]:
+    """Match feeds to graph inputs by name, shape (symbolic dims free) and dtype; clear errors."""
+    names = [s.name for s in graph.inputs]
+    missing = [n for n in names if n not in feeds]
+    extra = [n for n in feeds if n not in names]
+    if missing or extra:
+        raise InputError(f"model inputs are {names}. Received: names={sorted(feeds)}")
+    out = {}
+    for spec in graph.inputs:
+        x = np.asarray(feeds[spec.name])
+        if x.ndim != len(spec.shape) or any(not isinstance(d, str) and d != s for d, s in zip(spec.shape, x.shape)):
+            raise InputError(f"input '{spec.name}' must have shape {spec.shape}. Received: shape={x.shape}")
+        if not np.issubdtype(x.dtype, np.floating):
+            raise InputError(f"input '{spec.name}' must be float32. Received: dtype={x.dtype}")
+        out[spec.name] = x.astype(dtype, copy=False)
+    return out
+
+
+def forward(graph: Graph, feeds: dict[str, np.ndarray], *, params: dict[str, np.ndarray] | None = None,
+            ctx: RunContext | None = None, keep: str = "outputs", dtype=np.float32):
+    """Run the graph.
+
+    keep: ``"outputs"`` returns ``{output name: array}``; ``"all"`` returns every tensor value
+    (used to compare layers one by one); ``"tape"`` returns a :class:`Tape` for :func:`backward`.
+    ``params`` overrides the graph's parameters (the trainer passes its own float32/float64 copies).
+    """
+    ctx = ctx or RunContext()
+    values: dict[str, np.ndarray] = dict(check_feeds(graph, feeds, dtype))
+    source = graph.params if params is None else params
+    for k, v in source.items():
+        values[k] = v if v.dtype == dtype else v.astype(dtype)
+    caches = {}
+    for node in graph.nodes:
+        op = graph.ops[node.name]
+        inputs = [values[i] if i else None for i in node.inputs]
+        outputs, cache = op.forward(inputs, ctx)
+        for name, y in zip(node.outputs, outputs):
+            if y.dtype != dtype:
+                raise ModelDefinitionError(node.name, f"{node.op_type} produced the wrong dtype",
+                                           expected=np.dtype(dtype).name, got=y.dtype.name)
+            values[name] = y
+        if ctx.need_grad:
+            caches[node.name] = cache
+    if keep == "tape":
+        return Tape(values=values, caches=caches, ctx=ctx)
+    if keep == "all":
+        return values
+    return {name: values[name] for name in graph.outputs}
+
+
+def backward(graph: Graph, tape: Tape, grad_outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Gradients of a scalar loss with respect to every tensor the outputs depend on.
+
+    ``grad_outputs`` maps output names to dLoss/dOutput. Returns a dict holding gradients for
+    parameters and graph inputs (and intermediate tensors).
+    """
+    grads: dict[str, np.ndarray] = {k: v for k, v in grad_outputs.items()}
+    for node in reversed(graph.nodes):
+        gys = [grads.get(o) for o in node.outputs]
+        if all(g is None for g in gys):
+            continue
+        gys = [g if g is not None else np.zeros_like(tape.values[o]) for g, o in zip(gys, node.outputs)]
+        op = graph.ops[node.name]
+        gxs = op.backward(tape.caches[node.name], gys)
+        for name, gx in zip(node.inputs, gxs):
+            if gx is None or not name:
+                continue
+            expected = tape.values[name].shape
+            if gx.shape != expected:
+                raise AssertionError(f"{node.name}: gradient for {name} has shape {gx.shape}, expected {expected}")
+            grads[name] = grads[name] + gx if name in grads else gx
+    return grads
+
+
+def run(graph: Graph, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Inference: ``{output name: array}``."""
+    return forward(graph, feeds)

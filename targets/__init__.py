@@ -1,0 +1,1 @@
+"""Target presets: name -> TVM target, cross compiler, device kind and what this machine can do."""

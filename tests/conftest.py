@@ -1,0 +1,8 @@
+"""Shared fixtures. Tests import edgecnn through its installed package only."""
+import numpy as np
+import pytest
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
