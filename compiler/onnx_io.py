@@ -1,0 +1,578 @@
+"""Graph <-> ONNX ModelProto, through each op's own ``to_onnx`` / ``from_onnx``.
+
+Export writes one ONNX graph per IR graph: parameters become initializers, input and output
+names are the user's layer names, the batch dimension stays symbolic unless ``static_batch``
+pins it, and ``metadata_props`` carries class labels, input preprocessing and the edgecnn
+version. Every export is checked with ``onnx.checker.check_model(full_check=True)`` and ONNX's
+shape inference must agree with edgecnn's own shapes for every tensor both know.
+
+Import reads supported ONNX back into the IR. What the importer does itself, because these are
+not computations of the inference graph:
+
+- initializers and ``Constant`` / ``ConstantOfShape`` outputs become constants; an op reads the
+  constant inputs it needs through ``ctx.constant(name)`` and the constants that are still IR
+  inputs afterwards become parameters (float32);
+- ``Identity`` and ``Dropout`` are inference no-ops and are removed (consumers rewired; a graph
+  output that was an Identity/Dropout output keeps its name);
+- nodes whose inputs are all constants are evaluated once with the op's own forward (constant
+  folding, as old exporters leave weight transforms in the graph).
+
+Everything that is not supported (unknown op types, opsets outside what an op implements,
+non-float inputs) is collected and reported together in one ``UnsupportedOpError``.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgecnn.runtime.errors import EdgeCNNError, InputError
+
+from .errors import ModelDefinitionError, UnsupportedOpError
+from .fileio import write_bytes
+from .ir import Graph, Node, TensorSpec
+from .ops.base import REGISTRY, RunContext
+
+DEFAULT_OPSET = 17
+PRODUCER_NAME = "edgecnn"
+#: metadata_props key holding the version of edgecnn that wrote the file.
+VERSION_KEY = "edgecnn_version"
+#: graph.metadata keys that are read back from any producer's metadata_props (JSON values).
+PORTABLE_METADATA = ("labels", "preprocessing")
+#: ONNX ops with no effect at inference; the importer removes them.
+INFERENCE_NO_OPS = ("Identity", "Dropout")
+
+
+def edgecnn_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("edgecnn")
+    except Exception:  # a source tree without an install
+        return "unknown"
+
+
+def _onnx():
+    import onnx
+
+    return onnx
+
+
+# =============================================================================================
+# Export
+# =============================================================================================
+class ExportContext:
+    """What an op's ``to_onnx`` may use: extra initializers and fresh tensor/node names."""
+
+    def __init__(self, graph: Graph, opset: int):
+        self.graph = graph
+        self.opset = opset
+        self.initializers: dict[str, np.ndarray] = {}
+        self._model_names: set[str] = set(graph.shapes) | {n.name for n in graph.nodes}
+        self._taken: set[str] = set(self._model_names)
+
+    def unique_name(self, base: str) -> str:
+        """``base`` or ``base_1``, ``base_2``...: a name no tensor or node of the model uses."""
+        name, i = base, 0
+        while name in self._taken:
+            i += 1
+            name = f"{base}_{i}"
+        self._taken.add(name)
+        return name
+
+    def add_initializer(self, name: str, array) -> str:
+        """Add a constant tensor (e.g. Reshape's shape, Clip's bounds); returns its name."""
+        array = np.asarray(array)
+        if name in self.initializers or name in self._model_names:
+            raise ModelDefinitionError(None, "an op's ONNX mapping added an initializer whose name is taken",
+                                       name=name)
+        self._taken.add(name)
+        self.initializers[name] = array
+        return name
+
+    def shape(self, tensor: str):
+        """The IR shape of a tensor of the graph being exported."""
+        return self.graph.shapes[tensor]
+
+
+def _value_info(name: str, shape, static_batch: int | None):
+    onnx = _onnx()
+    dims = []
+    for d in shape:
+        if isinstance(d, str):
+            dims.append(int(static_batch) if static_batch is not None else d)
+        else:
+            dims.append(int(d))
+    return onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, dims)
+
+
+def check_opsets(graph: Graph, opset: int):
+    """Raise one UnsupportedOpError naming every layer whose op cannot be written at ``opset``."""
+    onnx = _onnx()
+    newest = onnx.defs.onnx_opset_version()
+    if not isinstance(opset, (int, np.integer)) or not 1 <= int(opset) <= newest:
+        raise InputError(f"opset must be an integer from 1 to {newest} (the newest this onnx "
+                         f"{onnx.__version__} knows). Received: opset={opset!r}")
+    problems = []
+    for node in graph.nodes:
+        lo, hi = type(graph.ops[node.name]).onnx_opsets
+        if not lo <= opset <= hi:
+            problems.append(f"layer '{node.name}' ({node.op_type}) can be written for opsets {lo}..{min(hi, newest)}")
+    if problems:
+        raise UnsupportedOpError(f"cannot export at opset {opset}: " + "; ".join(problems)
+                                 + f". Received: opset={opset}")
+
+
+def export_model(graph: Graph, opset: int = DEFAULT_OPSET, static_batch: int | None = None,
+                 check: bool = True):
+    """The ONNX ModelProto of ``graph``.
+
+    ``static_batch`` replaces symbolic (batch) dimensions by a fixed size. With ``check`` the
+    model passes ``onnx.checker.check_model(full_check=True)`` and ONNX shape inference must
+    reproduce edgecnn's shape of every tensor it can infer.
+    """
+    onnx = _onnx()
+    check_opsets(graph, opset)
+    opset = int(opset)
+    if static_batch is not None and (not isinstance(static_batch, (int, np.integer)) or static_batch < 1):
+        raise InputError(f"static batch must be a positive integer. Received: static_batch={static_batch!r}")
+    ctx = ExportContext(graph, opset)
+    nodes = []
+    for node in graph.nodes:
+        op = graph.ops[node.name]
+        made = op.to_onnx(list(node.inputs), list(node.outputs), opset, ctx)
+        nodes.extend([made] if isinstance(made, onnx.NodeProto) else list(made))
+
+    initializers = [onnx.numpy_helper.from_array(np.ascontiguousarray(v, dtype=np.float32), name=k)
+                    for k, v in graph.params.items()]
+    initializers += [onnx.numpy_helper.from_array(np.ascontiguousarray(v), name=k)
+                     for k, v in ctx.initializers.items()]
+    inputs = [_value_info(s.name, s.shape, static_batch) for s in graph.inputs]
+    outputs = [_value_info(o, graph.shapes[o], static_batch) for o in graph.outputs]
+    ir_version = onnx.helper.find_min_ir_version_for([onnx.helper.make_opsetid("", opset)])
+    if ir_version < 4:
+        # IR version 3 requires every initializer to be listed as a graph input as well.
+        inputs += [onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in initializers]
+    graph_proto = onnx.helper.make_graph(nodes, graph.name, inputs, outputs, initializer=initializers)
+    model = onnx.helper.make_model(graph_proto, opset_imports=[onnx.helper.make_opsetid("", opset)],
+                                   producer_name=PRODUCER_NAME, producer_version=edgecnn_version())
+    model.ir_version = ir_version
+    meta = {VERSION_KEY: edgecnn_version()}
+    for key, value in graph.metadata.items():
+        if value is not None:
+            meta[key] = json.dumps(_plain(value))
+    onnx.helper.set_model_props(model, meta)
+    if check:
+        check_export(model, graph, static_batch)
+    return model
+
+
+def _plain(value):
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return value
+
+
+def check_export(model, graph: Graph, static_batch: int | None = None):
+    """The checker (full) and ONNX shape inference, compared with edgecnn's shapes."""
+    onnx = _onnx()
+    try:
+        onnx.checker.check_model(model, full_check=True)
+        inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise ModelDefinitionError(None, f"the exported ONNX model of '{graph.name}' fails the ONNX checker: "
+                                   f"{str(exc).strip().splitlines()[0]}") from None
+    known = {vi.name: vi for vi in [*inferred.graph.value_info, *inferred.graph.output]}
+    mismatches = []
+    for name, shape in graph.shapes.items():
+        vi = known.get(name)
+        if vi is None or not vi.type.tensor_type.HasField("shape"):
+            continue
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
+        ours = [static_batch if isinstance(d, str) else d for d in shape]
+        if len(dims) != len(ours) or any(a is not None and b is not None and a != b for a, b in zip(dims, ours)):
+            mismatches.append(f"{name}: edgecnn {tuple(shape)}, onnx {tuple(dims)}")
+    if mismatches:
+        raise ModelDefinitionError(None, "ONNX shape inference disagrees with edgecnn's shapes on export",
+                                   tensors=mismatches)
+
+
+def save_onnx(graph: Graph, path, opset: int = DEFAULT_OPSET, static_batch: int | None = None) -> Path:
+    """Export and write atomically; returns the path."""
+    model = export_model(graph, opset=opset, static_batch=static_batch)
+    path = Path(path)
+    write_bytes(path, model.SerializeToString())
+    return path
+
+
+# =============================================================================================
+# Import
+# =============================================================================================
+@dataclass
+class ImportContext:
+    """What an op's ``from_onnx`` may use: the values of constant tensors."""
+
+    constants: dict[str, np.ndarray]
+    opset: int
+    #: constants that some op read through :meth:`constant` (for diagnostics)
+    read: set = field(default_factory=set)
+
+    def constant(self, name: str):
+        """The value of an initializer or Constant-node output, or None if ``name`` is computed."""
+        if name in self.constants:
+            self.read.add(name)
+            return self.constants[name]
+        return None
+
+    def is_constant(self, name: str) -> bool:
+        return name in self.constants
+
+
+def load_onnx(source):
+    """A ModelProto from a path, bytes or a ModelProto, with clear errors for what is not ONNX."""
+    onnx = _onnx()
+    if isinstance(source, onnx.ModelProto):
+        return source
+    if isinstance(source, (bytes, bytearray)):
+        data, where, base = bytes(source), "the given bytes", None
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise InputError(f"ONNX file not found. Received: path='{path}'")
+        data, where, base = path.read_bytes(), f"'{path}'", path.parent
+    if not data:
+        raise InputError(f"{where} is empty, not an ONNX model")
+    model = onnx.ModelProto()
+    try:
+        model.ParseFromString(data)
+    except Exception as exc:  # protobuf's DecodeError and friends: a truncated or foreign file
+        raise InputError(f"{where} is not a readable ONNX model (truncated or not ONNX at all): "
+                         f"protobuf parsing failed: {exc}") from None
+    if model.ir_version < 1 or not model.HasField("graph") or not model.opset_import:
+        raise InputError(f"{where} is not an ONNX model: it has no IR version, graph or opset "
+                         f"(a truncated file or another format). Received: ir_version={model.ir_version}, "
+                         f"nodes={len(model.graph.node)}, opsets={len(model.opset_import)}")
+    if base is not None and _has_external_data(model):
+        from onnx.external_data_helper import load_external_data_for_model
+
+        try:
+            load_external_data_for_model(model, str(base))
+        except (OSError, ValueError) as exc:
+            raise InputError(f"{where}: cannot read its external weight data: {exc}") from None
+    return model
+
+
+def _has_external_data(model) -> bool:
+    onnx = _onnx()
+    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+
+
+def _tensor_to_array(tensor, what: str) -> np.ndarray:
+    onnx = _onnx()
+    try:
+        return np.asarray(onnx.numpy_helper.to_array(tensor))
+    except Exception as exc:  # size/shape disagreement in the stored data
+        raise InputError(f"{what} '{tensor.name}' is malformed: its data does not match its declared shape "
+                         f"{tuple(tensor.dims)} and type {onnx.TensorProto.DataType.Name(tensor.data_type)}: "
+                         f"{exc}") from None
+
+
+def _constant_node_value(node) -> np.ndarray:
+    """Value of an ONNX ``Constant`` node (any of its value attribute forms)."""
+    onnx = _onnx()
+    for attr in node.attribute:
+        value = onnx.helper.get_attribute_value(attr)
+        if attr.name == "value":
+            return _tensor_to_array(value, f"Constant node '{node.name}' value")
+        if attr.name in ("value_float", "value_int"):
+            return np.asarray(value, dtype=np.float32 if attr.name == "value_float" else np.int64)
+        if attr.name in ("value_floats", "value_ints"):
+            return np.asarray(list(value), dtype=np.float32 if attr.name == "value_floats" else np.int64)
+    raise UnsupportedOpError(f"node '{node.name}' (Constant): only tensor, float(s) and int(s) values are "
+                             f"supported. Received: attributes={[a.name for a in node.attribute]}")
+
+
+def _constant_of_shape_value(node, constants) -> np.ndarray:
+    onnx = _onnx()
+    shape = constants.get(node.input[0]) if node.input else None
+    if shape is None:
+        raise UnsupportedOpError(f"node '{node.name}' (ConstantOfShape): the shape must be a constant. "
+                                 f"Received: shape input='{node.input[0] if node.input else ''}'")
+    fill = np.zeros(1, dtype=np.float32)
+    for attr in node.attribute:
+        if attr.name == "value":
+            fill = _tensor_to_array(onnx.helper.get_attribute_value(attr), f"ConstantOfShape '{node.name}' value")
+    return np.full(tuple(int(d) for d in shape.reshape(-1)), fill.reshape(-1)[0], dtype=fill.dtype)
+
+
+#: ONNX ops that only produce constants: evaluated during import, never IR nodes.
+CONSTANT_SOURCES = {
+    "Constant": lambda node, constants: _constant_node_value(node),
+    "ConstantOfShape": _constant_of_shape_value,
+}
+
+
+def _default_opset(model) -> int:
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return int(imp.version)
+    raise UnsupportedOpError("the model imports no version of the default ONNX operator set (ai.onnx). "
+                             f"Received: opset_import={[(i.domain, i.version) for i in model.opset_import]}")
+
+
+def _dtype_name(elem_type: int) -> str:
+    onnx = _onnx()
+    try:
+        return onnx.TensorProto.DataType.Name(elem_type)
+    except ValueError:
+        return str(elem_type)
+
+
+def _sorted_nodes(onnx_nodes, available: set[str]):
+    """The ONNX nodes in an order where each reads only defined tensors; clear errors otherwise.
+
+    Reports every reference to an undefined tensor at once, and names the nodes of a cycle.
+    """
+    producer = {}
+    for node in onnx_nodes:
+        for out in node.output:
+            if out:
+                producer[out] = node
+    dangling = []
+    for node in onnx_nodes:
+        for inp in node.input:
+            if inp and inp not in available and inp not in producer:
+                dangling.append(f"node '{node.name}' ({node.op_type}) reads '{inp}'")
+    if dangling:
+        raise InputError("the ONNX graph reads tensors that are not graph inputs, initializers or outputs of "
+                         "any node (a missing graph input?): " + "; ".join(dangling))
+    order, done = [], set(available)
+    remaining = list(onnx_nodes)
+    while remaining:
+        ready = [n for n in remaining if all(not i or i in done for i in n.input)]
+        if not ready:
+            names = [f"'{n.name}' ({n.op_type})" for n in remaining]
+            raise InputError("the ONNX graph has a cycle: these nodes wait on each other's outputs: "
+                             + ", ".join(names))
+        ids = {id(n) for n in ready}
+        for n in ready:
+            order.append(n)
+            done.update(o for o in n.output if o)
+        remaining = [n for n in remaining if id(n) not in ids]
+    return order
+
+
+def import_model(source, name: str | None = None) -> Graph:
+    """An IR Graph from an ONNX file path, bytes or ModelProto."""
+    onnx = _onnx()
+    model = load_onnx(source)
+    g = model.graph
+    opset = _default_opset(model)
+
+    # Nodes get unique, non-empty names (ONNX allows empty and repeated ones).
+    taken: set[str] = set()
+    node_names = []
+    for i, node in enumerate(g.node):
+        base = node.name or (node.output[0] if node.output and node.output[0] else f"{node.op_type}_{i}")
+        nm, k = base, 0
+        while nm in taken:
+            k += 1
+            nm = f"{base}_{k}"
+        taken.add(nm)
+        node_names.append(nm)
+    named_nodes = []
+    for node, nm in zip(g.node, node_names):
+        if node.name != nm:
+            copy = onnx.NodeProto()
+            copy.CopyFrom(node)
+            copy.name = nm
+            node = copy
+        named_nodes.append(node)
+
+    constants: dict[str, np.ndarray] = {}
+    for tensor in g.initializer:
+        constants[tensor.name] = _tensor_to_array(tensor, "initializer")
+    problems: list[str] = [f"sparse initializer '{t.values.name}'" for t in g.sparse_initializer]
+    inputs: list[TensorSpec] = []
+    for vi in g.input:
+        if vi.name in constants:
+            declared = vi.type.tensor_type.shape
+            value = constants[vi.name]
+            if vi.type.tensor_type.HasField("shape") and len(declared.dim) and any(
+                    d.HasField("dim_value") for d in declared.dim):
+                dims = tuple(d.dim_value if d.HasField("dim_value") else None for d in declared.dim)
+                if len(dims) != value.ndim or any(a is not None and a != b for a, b in zip(dims, value.shape)):
+                    raise InputError(f"initializer '{vi.name}' has shape {value.shape} but the graph input of "
+                                     f"that name declares {dims}")
+            continue  # old ONNX lists initializers among the inputs: they are parameters
+        tt = vi.type.tensor_type
+        if not vi.type.HasField("tensor_type"):
+            problems.append(f"graph input '{vi.name}' is not a tensor")
+            continue
+        if tt.elem_type != onnx.TensorProto.FLOAT:
+            problems.append(f"graph input '{vi.name}' has element type {_dtype_name(tt.elem_type)} "
+                            "(edgecnn models take float32 inputs)")
+            continue
+        if not tt.HasField("shape"):
+            problems.append(f"graph input '{vi.name}' has no shape")
+            continue
+        shape = []
+        for axis, d in enumerate(tt.shape.dim):
+            if d.HasField("dim_value") and d.dim_value > 0:
+                shape.append(int(d.dim_value))
+            elif d.HasField("dim_param") and d.dim_param:
+                shape.append(d.dim_param)
+            elif axis == 0:
+                shape.append("N")
+            else:
+                shape.append(None)
+        if None in shape:
+            problems.append(f"graph input '{vi.name}' has an unknown non-batch dimension: shape "
+                            f"{tuple('?' if s is None else s for s in shape)}")
+            continue
+        inputs.append(TensorSpec(vi.name, tuple(shape)))
+
+    available = {s.name for s in inputs} | set(constants) | {vi.name for vi in g.input}
+    order = _sorted_nodes(named_nodes, available)
+
+    # Unsupported ops and opsets, all at once, before converting anything.
+    newest_semantics = {}
+    for node in order:
+        if node.domain not in ("", "ai.onnx"):
+            problems.append(f"node '{node.name}' ({node.domain}.{node.op_type}): operator domain "
+                            f"'{node.domain}' is not supported")
+            continue
+        if node.op_type in CONSTANT_SOURCES or node.op_type in INFERENCE_NO_OPS:
+            continue
+        cls = REGISTRY.get(node.op_type)
+        if cls is None:
+            problems.append(f"node '{node.name}' ({node.op_type})")
+            continue
+        lo, hi = cls.onnx_opsets
+        if not lo <= opset <= hi:
+            newest_semantics[node.op_type] = (lo, hi)
+            problems.append(f"node '{node.name}' ({node.op_type}) at opset {opset}: edgecnn implements its "
+                            f"semantics for opsets {lo}..{hi}")
+    if problems:
+        raise UnsupportedOpError(f"the ONNX model uses {len(problems)} unsupported feature(s): "
+                                 + "; ".join(problems) + ". Supported ops: " + ", ".join(sorted(REGISTRY)))
+
+    ctx = ImportContext(constants=constants, opset=opset)
+    alias: dict[str, str] = {}  # removed node's output -> the tensor it passes through
+
+    def resolve(t: str) -> str:
+        while t in alias:
+            t = alias[t]
+        return t
+
+    ir_nodes: list[Node] = []
+    used_names = {s.name for s in inputs}
+    for node in order:
+        if node.op_type in CONSTANT_SOURCES:
+            value = CONSTANT_SOURCES[node.op_type](node, {k: constants[k] for k in node.input if k in constants})
+            constants[node.output[0]] = value
+            continue
+        if node.op_type in INFERENCE_NO_OPS:
+            extra = [o for o in node.output[1:] if o]
+            consumed = {i for n in order for i in n.input} | {o.name for o in g.output}
+            if any(o in consumed for o in extra):
+                raise UnsupportedOpError(f"node '{node.name}' ({node.op_type}): its mask output is used, which "
+                                         "only training computes. Received: outputs=" + str(list(node.output)))
+            src = resolve(node.input[0])
+            if src in constants:
+                constants[node.output[0]] = constants[src]
+            else:
+                alias[node.output[0]] = src
+            continue
+        cls = REGISTRY[node.op_type]
+        resolved = onnx.NodeProto()
+        resolved.CopyFrom(node)
+        del resolved.input[:]
+        resolved.input.extend([resolve(i) if i else "" for i in node.input])
+        try:
+            attrs, ins, outs = cls.from_onnx(resolved, opset, ctx)
+        except EdgeCNNError as exc:
+            raise type(exc)(f"node '{node.name}' ({node.op_type}): {exc}") from None
+        ins = [resolve(i) if i else "" for i in ins]
+        ir_node = Node(node.op_type, node.name, ins, list(outs), dict(attrs))
+        folded = _fold(ir_node, constants)
+        if folded is not None:
+            constants.update(folded)
+            continue
+        ir_nodes.append(ir_node)
+        used_names.update(outs)
+
+    # Graph outputs keep their ONNX names: an output that was passed through a removed node
+    # renames the tensor it aliases.
+    rename: dict[str, str] = {}
+    produced = {o: n for n in ir_nodes for o in n.outputs}
+    output_names = [o.name for o in g.output]
+    out_problems = []
+    for out in output_names:
+        src = resolve(out)
+        if src == out:
+            if out in constants and out not in produced:
+                out_problems.append(f"graph output '{out}' is a constant")
+            continue
+        if src in produced and src not in output_names and src not in rename:
+            rename[src] = out
+        else:
+            out_problems.append(f"graph output '{out}' passes '{src}' through an Identity/Dropout unchanged "
+                                "(an edgecnn graph output must be computed by a node)")
+    if out_problems:
+        raise UnsupportedOpError("; ".join(out_problems))
+    for n in ir_nodes:
+        n.inputs = [rename.get(i, i) for i in n.inputs]
+        n.outputs = [rename.get(o, o) for o in n.outputs]
+
+    referenced = {i for n in ir_nodes for i in n.inputs if i}
+    params = {k: _param_array(v) for k, v in constants.items() if k in referenced}
+    metadata = _read_metadata(model)
+    try:
+        return Graph(inputs, output_names, ir_nodes, params, name=name or g.name or "model", metadata=metadata)
+    except ModelDefinitionError as exc:
+        raise ModelDefinitionError(exc.layer, f"importing ONNX: {exc.rule}", **exc.values) from None
+
+
+def _param_array(value: np.ndarray) -> np.ndarray:
+    if np.issubdtype(value.dtype, np.floating):
+        return np.ascontiguousarray(value, dtype=np.float32)
+    return np.ascontiguousarray(value)
+
+
+def _fold(ir_node: Node, constants: dict) -> dict | None:
+    """Evaluate a node whose inputs are all float constants with the op's own forward."""
+    present = [i for i in ir_node.inputs if i]
+    if not present or not all(i in constants for i in present):
+        return None
+    values = [constants[i] if i else None for i in ir_node.inputs]
+    if not all(v is None or np.issubdtype(v.dtype, np.floating) for v in values):
+        return None
+    from .ops import make_op
+
+    op = make_op(ir_node)
+    outputs, _ = op.forward([None if v is None else v.astype(np.float32) for v in values], RunContext())
+    return dict(zip(ir_node.outputs, outputs))
+
+
+def _read_metadata(model) -> dict:
+    props = {p.key: p.value for p in model.metadata_props}
+    ours = model.producer_name == PRODUCER_NAME
+    metadata = {}
+    for key, text in props.items():
+        if key == VERSION_KEY or (not ours and key not in PORTABLE_METADATA):
+            continue
+        try:
+            metadata[key] = json.loads(text)
+        except json.JSONDecodeError:
+            if ours:
+                metadata[key] = text
+    return metadata
