@@ -444,26 +444,26 @@ def import_model(source, name: str | None = None) -> Graph:
     order = _sorted_nodes(named_nodes, available)
 
     # Unsupported ops and opsets, all at once, before converting anything.
-    newest_semantics = {}
+    unknown_nodes: list[tuple[str, str]] = []
+    wrong_opset: dict[tuple, list[str]] = {}
     for node in order:
         if node.domain not in ("", "ai.onnx"):
-            problems.append(f"node '{node.name}' ({node.domain}.{node.op_type}): operator domain "
-                            f"'{node.domain}' is not supported")
+            unknown_nodes.append((node.name, f"{node.domain}.{node.op_type}"))
             continue
         if node.op_type in CONSTANT_SOURCES or node.op_type in INFERENCE_NO_OPS:
             continue
         cls = REGISTRY.get(node.op_type)
         if cls is None:
-            problems.append(f"node '{node.name}' ({node.op_type})")
+            unknown_nodes.append((node.name, node.op_type))
             continue
         lo, hi = cls.onnx_opsets
         if not lo <= opset <= hi:
-            newest_semantics[node.op_type] = (lo, hi)
-            problems.append(f"node '{node.name}' ({node.op_type}) at opset {opset}: edgecnn implements its "
-                            f"semantics for opsets {lo}..{hi}")
-    if problems:
-        raise UnsupportedOpError(f"the ONNX model uses {len(problems)} unsupported feature(s): "
-                                 + "; ".join(problems) + ". Supported ops: " + ", ".join(sorted(REGISTRY)))
+            wrong_opset.setdefault((node.op_type, lo, hi), []).append(node.name)
+    for (op_type, lo, hi), names in wrong_opset.items():
+        problems.append(f"{op_type} at opset {opset} (edgecnn implements its semantics for opsets {lo}..{hi}): "
+                        + _listing([(n, op_type) for n in names]))
+    if problems or unknown_nodes:
+        raise _unsupported(problems, unknown_nodes, opset)
 
     ctx = ImportContext(constants=constants, opset=opset)
     alias: dict[str, str] = {}  # removed node's output -> the tensor it passes through
@@ -500,6 +500,8 @@ def import_model(source, name: str | None = None) -> Graph:
         try:
             attrs, ins, outs = cls.from_onnx(resolved, opset, ctx)
         except EdgeCNNError as exc:
+            if f"'{node.name}'" in str(exc):
+                raise
             raise type(exc)(f"node '{node.name}' ({node.op_type}): {exc}") from None
         ins = [resolve(i) if i else "" for i in ins]
         ir_node = Node(node.op_type, node.name, ins, list(outs), dict(attrs))
@@ -540,6 +542,32 @@ def import_model(source, name: str | None = None) -> Graph:
         return Graph(inputs, output_names, ir_nodes, params, name=name or g.name or "model", metadata=metadata)
     except ModelDefinitionError as exc:
         raise ModelDefinitionError(exc.layer, f"importing ONNX: {exc.rule}", **exc.values) from None
+
+
+def _listing(nodes: list[tuple[str, str]], limit: int = 25) -> str:
+    shown = ", ".join(f"node '{name}' ({op_type})" for name, op_type in nodes[:limit])
+    if len(nodes) > limit:
+        rest: dict[str, int] = {}
+        for _, op_type in nodes[limit:]:
+            rest[op_type] = rest.get(op_type, 0) + 1
+        shown += f" and {len(nodes) - limit} more (" + ", ".join(f"{k} x{v}" for k, v in rest.items()) + ")"
+    return shown
+
+
+def _unsupported(problems: list[str], unknown_nodes: list[tuple[str, str]], opset: int) -> UnsupportedOpError:
+    """One error for everything unsupported; ``op_types`` and ``problems`` keep the structure."""
+    parts = []
+    if unknown_nodes:
+        kinds = sorted({op for _, op in unknown_nodes})
+        parts.append(f"{len(unknown_nodes)} node(s) of unsupported op type(s) {', '.join(kinds)}: "
+                     + _listing(unknown_nodes))
+    parts += problems
+    exc = UnsupportedOpError(f"the ONNX model (opset {opset}) cannot be imported: " + "; ".join(parts)
+                             + ". Supported ops: " + ", ".join(sorted(REGISTRY)))
+    exc.op_types = sorted({op for _, op in unknown_nodes})
+    exc.problems = list(problems)
+    exc.nodes = list(unknown_nodes)
+    return exc
 
 
 def _param_array(value: np.ndarray) -> np.ndarray:
