@@ -61,6 +61,9 @@ def forward(graph: Graph, feeds: dict[str, np.ndarray], *, params: dict[str, np.
         op = graph.ops[node.name]
         inputs = [values[i] if i else None for i in node.inputs]
         outputs, cache = op.forward(inputs, ctx)
+        if ctx.pending_state:
+            ctx.state_updates.update({node.inputs[pos]: value for pos, value in ctx.pending_state.items()})
+            ctx.pending_state.clear()
         for name, y in zip(node.outputs, outputs):
             if y.dtype != dtype:
                 raise ModelDefinitionError(node.name, f"{node.op_type} produced the wrong dtype",

@@ -37,6 +37,9 @@ class RunContext:
     # Parameter updates an op wants to make in training mode (BatchNorm running statistics):
     # tensor name -> new value. The backend applies them after the step.
     state_updates: dict = field(default_factory=dict)
+    # Ops know their inputs only by position: a forward writes {input position: new value} here
+    # and the backend moves each entry to ``state_updates`` under that input's tensor name.
+    pending_state: dict = field(default_factory=dict)
 
 
 class Op:

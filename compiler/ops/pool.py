@@ -1,0 +1,225 @@
+"""Pooling: MaxPool, AveragePool (2-D, NCHW), GlobalAveragePool, GlobalMaxPool.
+
+Output size per spatial axis is ``_shapes.output_size`` (the same formula as Conv):
+``out = floor_or_ceil((in + pad_begin + pad_end - (dilation * (k - 1) + 1)) / stride) + 1``;
+with ``ceil_mode`` the last window may start in the end padding (never past it) and may reach
+beyond the padded input; that overhang is never counted.
+
+Pools report 0 MACs in the summary: they have no learned weights (the summary's MACs measure
+multiply-accumulates against parameters).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import UnsupportedOpError
+from .base import Op, RunContext, register
+from .conv import _Spatial2D, scatter_windows, windows
+
+
+class _Pool2D(_Spatial2D):
+    """Shared geometry: explicit pads plus the ceil_mode overhang past the padded end."""
+
+    def check_attrs(self, attrs):
+        attrs = self.check_common(attrs)
+        if attrs.get("kernel_shape") is None:
+            self.fail(f"{self.op_type} needs attribute 'kernel_shape'", kernel_shape=None)
+        attrs["ceil_mode"] = int(attrs["ceil_mode"])
+        if attrs["ceil_mode"] not in (0, 1):
+            self.fail("ceil_mode must be 0 or 1", ceil_mode=attrs["ceil_mode"])
+        return attrs
+
+    def infer_shapes(self, in_shapes):
+        x = in_shapes[0]
+        self.check_input_4d(x)
+        if any(isinstance(d, str) for d in x[2:]):
+            self.fail("spatial dimensions must be known integers", input_shape=tuple(x))
+        kernel, strides, dilations, pads, out = self.geometry(x)
+        self.check_fits(x, kernel, dilations, pads, out)
+        return [(x[0], x[1], out[0], out[1])]
+
+    def padded_geometry(self, x_shape):
+        """(kernel, strides, dilations, pads, out_hw, numpy pad_width incl. the ceil_mode overhang)."""
+        kernel, strides, dilations, pads, out = self.geometry(x_shape)
+        width = [(0, 0), (0, 0)]
+        for i in range(2):
+            reach = (out[i] - 1) * strides[i] + dilations[i] * (kernel[i] - 1) + 1
+            padded = x_shape[2 + i] + pads[i] + pads[i + 2]
+            width.append((pads[i], pads[i + 2] + max(0, reach - padded)))
+        return kernel, strides, dilations, pads, out, width
+
+    def onnx_attributes(self, opset):
+        attrs = {k: v for k, v in self.attrs.items() if v is not None}
+        if attrs.get("auto_pad") == "NOTSET":
+            attrs.pop("auto_pad")
+        return attrs
+
+
+def _crop(dxp: np.ndarray, width, x_shape) -> np.ndarray:
+    h, w = x_shape[2], x_shape[3]
+    return np.ascontiguousarray(dxp[:, :, width[2][0]:width[2][0] + h, width[3][0]:width[3][0] + w])
+
+
+@register
+class MaxPool(_Pool2D):
+    """Max over each window; padding never wins (it is -inf). One output (no Indices).
+
+    Gradient routing (documented rule): in each window the whole gradient goes to the FIRST
+    maximum in row-major kernel scan order (kh outer, kw inner). Overlapping windows add up.
+    """
+
+    attr_defaults = {"auto_pad": "NOTSET", "ceil_mode": 0, "dilations": None, "kernel_shape": None,
+                     "pads": None, "storage_order": 0, "strides": None}
+    onnx_opsets = (1, 99)
+
+    def forward(self, inputs, ctx: RunContext):
+        x = inputs[0]
+        kernel, strides, dilations, pads, out, width = self.padded_geometry(x.shape)
+        xp = np.pad(x, width, mode="constant", constant_values=-np.inf)
+        win = windows(xp, kernel, strides, dilations, out)
+        y = win[:, :, :, :, 0, 0].copy()
+        first_max = np.zeros(y.shape, dtype=np.int32)
+        for i in range(kernel[0]):
+            for j in range(kernel[1]):
+                tap = win[:, :, :, :, i, j]
+                better = tap > y  # strict: an equal later value never takes over
+                np.copyto(y, tap, where=better)
+                first_max[better] = i * kernel[1] + j
+        cache = (first_max, xp.shape, width, x.shape, kernel, strides, dilations) if ctx.need_grad else None
+        return [y.astype(x.dtype, copy=False)], cache
+
+    def backward(self, cache, grad_outputs):
+        first_max, padded_shape, width, x_shape, kernel, strides, dilations = cache
+        dy = grad_outputs[0]
+        taps = np.arange(kernel[0] * kernel[1], dtype=np.int32)
+        dwin = np.where(first_max[..., None] == taps, dy[..., None], 0).astype(dy.dtype, copy=False)
+        dxp = scatter_windows(dwin.reshape(*dy.shape, kernel[0], kernel[1]), padded_shape, strides, dilations)
+        return [_crop(dxp, width, x_shape)]
+
+    def onnx_attributes(self, opset):
+        attrs = super().onnx_attributes(opset)
+        attrs.pop("storage_order", None)
+        return attrs
+
+    @classmethod
+    def from_onnx(cls, node, opset, ctx):
+        if len(node.output) > 1 and node.output[1]:
+            raise UnsupportedOpError(f"Node '{node.name}' (MaxPool): the Indices output is not supported. "
+                                     f"Received: outputs={list(node.output)}")
+        attrs, inputs, outputs = super().from_onnx(node, opset, ctx)
+        return attrs, inputs, outputs[:1]
+
+
+@register
+class AveragePool(_Pool2D):
+    """Mean over each window.
+
+    Divisor: with ``count_include_pad`` the taps inside the explicitly padded input (the
+    ceil_mode overhang past it never counts); without it only taps on real input pixels.
+    Dilations exist in ONNX from opset 19; exporting a dilated AveragePool to an older opset fails.
+    """
+
+    attr_defaults = {"auto_pad": "NOTSET", "ceil_mode": 0, "count_include_pad": 0, "dilations": None,
+                     "kernel_shape": None, "pads": None, "strides": None}
+    onnx_opsets = (1, 99)
+
+    def check_attrs(self, attrs):
+        attrs = super().check_attrs(attrs)
+        attrs["count_include_pad"] = int(attrs["count_include_pad"])
+        return attrs
+
+    def _divisor(self, x_shape, width, kernel, strides, dilations, out, dtype):
+        padded = (x_shape[2] + width[2][0] + width[2][1], x_shape[3] + width[3][0] + width[3][1])
+        counted = np.zeros((1, 1) + padded, dtype=dtype)
+        if self.attrs["count_include_pad"]:
+            _, _, _, pads, _ = self.geometry(x_shape)
+            counted[:, :, :x_shape[2] + pads[0] + pads[2], :x_shape[3] + pads[1] + pads[3]] = 1
+        else:
+            counted[:, :, width[2][0]:width[2][0] + x_shape[2], width[3][0]:width[3][0] + x_shape[3]] = 1
+        return windows(counted, kernel, strides, dilations, out).sum(axis=(4, 5))  # (1, 1, OH, OW)
+
+    def forward(self, inputs, ctx: RunContext):
+        x = inputs[0]
+        kernel, strides, dilations, pads, out, width = self.padded_geometry(x.shape)
+        xp = np.pad(x, width) if any(sum(w) for w in width) else x
+        win = windows(xp, kernel, strides, dilations, out)
+        total = win[:, :, :, :, 0, 0].copy()
+        for i in range(kernel[0]):
+            for j in range(kernel[1]):
+                if i or j:
+                    total += win[:, :, :, :, i, j]
+        divisor = self._divisor(x.shape, width, kernel, strides, dilations, out, x.dtype)
+        y = (total / divisor).astype(x.dtype, copy=False)
+        cache = (divisor, xp.shape, width, x.shape, kernel, strides, dilations) if ctx.need_grad else None
+        return [y], cache
+
+    def backward(self, cache, grad_outputs):
+        divisor, padded_shape, width, x_shape, kernel, strides, dilations = cache
+        dy = grad_outputs[0]
+        share = (dy / divisor).astype(dy.dtype, copy=False)
+        dwin = np.broadcast_to(share[..., None, None], share.shape + tuple(kernel))
+        dxp = scatter_windows(dwin, padded_shape, strides, dilations)
+        return [_crop(dxp, width, x_shape)]
+
+    def onnx_attributes(self, opset):
+        attrs = super().onnx_attributes(opset)
+        dilations = attrs.pop("dilations", None)
+        if dilations is not None and any(d != 1 for d in dilations):
+            if opset < 19:
+                self.fail("AveragePool with dilations needs ONNX opset 19 or newer", dilations=dilations,
+                          opset=opset)
+            attrs["dilations"] = dilations
+        return attrs
+
+
+class _GlobalPool(Op):
+    """Reduce every axis after the channels; output ``(N, C, 1, ..., 1)``."""
+
+    onnx_opsets = (1, 99)
+
+    def infer_shapes(self, in_shapes):
+        x = tuple(in_shapes[0])
+        if len(x) < 3:
+            self.fail("expects an input with at least one spatial axis (N, C, ...)", input_shape=x)
+        return [x[:2] + (1,) * (len(x) - 2)]
+
+    def onnx_attributes(self, opset):
+        return {}
+
+
+@register
+class GlobalAveragePool(_GlobalPool):
+    """``y[n, c] = mean over all spatial positions of x[n, c]``."""
+
+    def forward(self, inputs, ctx):
+        x = inputs[0]
+        axes = tuple(range(2, x.ndim))
+        y = x.mean(axis=axes, keepdims=True).astype(x.dtype, copy=False)
+        return [y], (x.shape if ctx.need_grad else None)
+
+    def backward(self, cache, grad_outputs):
+        x_shape = cache
+        dy = grad_outputs[0]
+        count = int(np.prod(x_shape[2:]))
+        return [np.broadcast_to(dy / count, x_shape).astype(dy.dtype)]
+
+
+@register
+class GlobalMaxPool(_GlobalPool):
+    """``y[n, c] = max over all spatial positions``; the gradient goes to the first maximum
+    in row-major order (the same rule as MaxPool)."""
+
+    def forward(self, inputs, ctx):
+        x = inputs[0]
+        flat = x.reshape(x.shape[0], x.shape[1], -1)
+        first_max = flat.argmax(axis=2)  # argmax returns the first occurrence
+        y = np.take_along_axis(flat, first_max[..., None], axis=2).reshape(x.shape[:2] + (1,) * (x.ndim - 2))
+        return [y.astype(x.dtype, copy=False)], ((first_max, x.shape) if ctx.need_grad else None)
+
+    def backward(self, cache, grad_outputs):
+        first_max, x_shape = cache
+        dy = grad_outputs[0]
+        dx = np.zeros((x_shape[0], x_shape[1], int(np.prod(x_shape[2:]))), dtype=dy.dtype)
+        np.put_along_axis(dx, first_max[..., None], dy.reshape(x_shape[0], x_shape[1], 1), axis=2)
+        return [dx.reshape(x_shape)]
+
