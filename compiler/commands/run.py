@@ -1,0 +1,201 @@
+"""``edgecnn run MODEL --input FILE [--backend numpy|onnxruntime] [-o OUT.npz]``: inference.
+
+MODEL is a zoo name, a saved model directory or an ``.onnx`` file. Backends are entries of
+:data:`BACKENDS` (name -> function of a :class:`Loaded` model and its feeds), so adding one is
+adding an entry. Inputs come from :data:`INPUT_READERS` (file suffix -> reader).
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgecnn.runtime.errors import InputError
+
+HELP = "run a model on inputs from .npy/.npz with the NumPy backend or onnxruntime; -o writes outputs as .npz"
+
+
+@dataclass
+class Loaded:
+    """A model resolved from the MODEL argument."""
+
+    spec: str
+    graph: object  # edgecnn.compiler.ir.Graph
+    #: the ONNX file the user gave, run as it is by onnxruntime (None: export the graph)
+    onnx_path: Path | None = None
+
+
+def _run_numpy(model: Loaded, feeds: dict) -> dict:
+    from ..numpy_backend import run
+
+    return run(model.graph, feeds)
+
+
+def _run_onnxruntime(model: Loaded, feeds: dict) -> dict:
+    import onnxruntime as ort
+
+    from ..onnx_io import export_model
+
+    data = model.onnx_path.read_bytes() if model.onnx_path else export_model(model.graph).SerializeToString()
+    try:
+        session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime's own exception types are not importable in a stable way
+        raise InputError(f"onnxruntime cannot load '{model.spec}': {str(exc).strip().splitlines()[0]}") from None
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, feeds)))
+
+
+#: backend name -> function(Loaded, feeds {input name: float32 array}) -> {output name: array}
+BACKENDS = {
+    "numpy": _run_numpy,
+    "onnxruntime": _run_onnxruntime,
+}
+
+
+def _read_npy(path: Path, input_names: list[str]) -> dict:
+    if len(input_names) != 1:
+        raise InputError(f"a .npy file holds one array but the model has {len(input_names)} inputs "
+                         f"{input_names}; give an .npz with one array per input name. Received: '{path}'")
+    try:
+        return {input_names[0]: np.load(path, allow_pickle=False)}
+    except (ValueError, OSError, EOFError) as exc:
+        raise InputError(f"'{path}' is not a readable .npy array: {exc}") from None
+
+
+def _read_npz(path: Path, input_names: list[str]) -> dict:
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise InputError(f"'{path}' is not a readable .npz archive: {exc}") from None
+    missing = [n for n in input_names if n not in arrays]
+    extra = sorted(set(arrays) - set(input_names))
+    if missing or extra:
+        raise InputError(f"the .npz arrays must be named after the model inputs {input_names}. "
+                         f"Received: arrays={sorted(arrays)}")
+    return arrays
+
+
+#: input file suffix -> reader(path, model input names) -> {input name: array}
+INPUT_READERS = {".npy": _read_npy, ".npz": _read_npz}
+
+
+def add_arguments(parser):
+    parser.add_argument("model", metavar="MODEL", help="zoo name, saved model directory or .onnx file")
+    parser.add_argument("--input", "-i", required=True, metavar="FILE",
+                        help="inputs: .npy (single-input models) or .npz with one array per input name; "
+                             "a sample without its batch dimension gets batch 1")
+    parser.add_argument("--backend", default="numpy", choices=sorted(BACKENDS),
+                        help="what computes the outputs (default: numpy)")
+    parser.add_argument("-o", "--output", metavar="OUT.npz", help="write the outputs, one array per output name")
+    parser.add_argument("--top", type=int, default=5, metavar="K",
+                        help="classes shown per sample for classifiers with labels (default 5)")
+    parser.add_argument("--json", action="store_true", help="print one JSON document instead of text")
+
+
+def load_model(spec: str) -> Loaded:
+    from ..models import load_any
+
+    graph = load_any(spec)
+    path = Path(spec)
+    onnx_path = path if path.suffix.lower() == ".onnx" and path.is_file() else None
+    return Loaded(spec, graph, onnx_path)
+
+
+def read_inputs(path, graph) -> dict:
+    """Feeds for ``graph`` from a file: float32, batch dimension added to a single sample."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"input file not found. Received: --input '{path}'")
+    reader = INPUT_READERS.get(path.suffix.lower())
+    if reader is None:
+        raise InputError(f"inputs must be {' or '.join(sorted(INPUT_READERS))} files. Received: '{path}'")
+    arrays = reader(path, [s.name for s in graph.inputs])
+    feeds = {}
+    for spec in graph.inputs:
+        x = np.asarray(arrays[spec.name])
+        if not np.issubdtype(x.dtype, np.floating):
+            raise InputError(f"input '{spec.name}' must hold floating-point values (the model takes float32). "
+                             f"Received: dtype={x.dtype}")
+        if x.ndim == len(spec.shape) - 1:
+            x = x[None]
+        feeds[spec.name] = np.ascontiguousarray(x, dtype=np.float32)
+    from ..numpy_backend import check_feeds
+
+    check_feeds(graph, feeds)
+    return feeds
+
+
+def save_outputs(path, outputs: dict):
+    from ..fileio import atomic_path
+
+    path = Path(path)
+    if path.suffix.lower() != ".npz":
+        raise InputError(f"-o must name an .npz file. Received: '{path}'")
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **{k: np.asarray(v) for k, v in outputs.items()})
+
+
+def top_k(graph, outputs: dict, k: int) -> list | None:
+    """Per sample the ``k`` most likely classes, for a single-output classifier with labels."""
+    labels = graph.metadata.get("labels")
+    if not labels or len(graph.outputs) != 1 or k < 1:
+        return None
+    y = np.asarray(outputs[graph.outputs[0]], dtype=np.float64)
+    if y.ndim != 2 or y.shape[1] != len(labels):
+        return None
+    is_prob = np.all(y >= 0) and np.allclose(y.sum(axis=1), 1.0, atol=1e-3)
+    if not is_prob:  # logits: softmax, max subtracted
+        e = np.exp(y - y.max(axis=1, keepdims=True))
+        y = e / e.sum(axis=1, keepdims=True)
+    result = []
+    for row in y:
+        order = np.argsort(-row, kind="stable")[:k]
+        result.append([{"label": str(labels[i]), "index": int(i), "probability": float(row[i])} for i in order])
+    return result
+
+
+def run(args) -> int:
+    model = load_model(args.model)
+    graph = model.graph
+    feeds = read_inputs(args.input, graph)
+    start = time.perf_counter()
+    outputs = BACKENDS[args.backend](model, feeds)
+    seconds = time.perf_counter() - start
+    missing = [o for o in graph.outputs if o not in outputs]
+    if missing:
+        raise InputError(f"backend {args.backend} did not produce outputs {missing}. Received: {sorted(outputs)}")
+    outputs = {o: np.asarray(outputs[o]) for o in graph.outputs}
+    if args.output:
+        save_outputs(args.output, outputs)
+    ranked = top_k(graph, outputs, args.top)
+    if args.json:
+        print(json.dumps({
+            "model": args.model, "backend": args.backend, "seconds": seconds,
+            "inputs": {k: list(v.shape) for k, v in feeds.items()},
+            "outputs": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in outputs.items()},
+            "output_file": args.output, "top": ranked,
+        }, indent=1))
+        return 0
+    shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in feeds.items())
+    outs = ", ".join(f"{k} {tuple(v.shape)}" for k, v in outputs.items())
+    print(f"{args.model} on {args.backend}: {shapes} -> {outs} in {seconds * 1e3:.1f} ms")
+    if ranked:
+        shown = ranked[:8]
+        for i, row in enumerate(shown):
+            print(f"  sample {i}: " + ", ".join(f"{c['label']} {c['probability']:.3f}" for c in row))
+        if len(ranked) > len(shown):
+            print(f"  ... {len(ranked) - len(shown)} more samples")
+    else:
+        for k, v in outputs.items():
+            if v.size:
+                print(f"  {k}: min {float(v.min()):.4g}, max {float(v.max()):.4g}, mean {float(v.mean()):.4g}")
+    if args.output:
+        print(f"wrote {args.output}", file=sys.stderr)
+    return 0
