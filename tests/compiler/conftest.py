@@ -77,10 +77,16 @@ def _torch_ops():
 
     def batchnorm(node, ins, training):
         x, scale, bias, mean, var = ins
+        eps = float(node.attrs.get("epsilon", 1e-5))
+        if not training:
+            return [F.batch_norm(x, mean, var, scale, bias, training=False, eps=eps)]
+        # ONNX's training rule: running = momentum * running + (1 - momentum) * batch statistic,
+        # with the biased batch variance (PyTorch's own BatchNorm would use the unbiased one).
         momentum = float(node.attrs.get("momentum", 0.9))
-        # ONNX keeps momentum * running + (1 - momentum) * batch: PyTorch's momentum is 1 - that.
-        return [F.batch_norm(x, mean, var, scale, bias, training=training, momentum=1.0 - momentum,
-                             eps=float(node.attrs.get("epsilon", 1e-5)))]
+        with torch.no_grad():
+            mean.mul_(momentum).add_((1 - momentum) * x.mean(dim=(0, 2, 3)))
+            var.mul_(momentum).add_((1 - momentum) * x.var(dim=(0, 2, 3), unbiased=False))
+        return [F.batch_norm(x, None, None, scale, bias, training=True, eps=eps)]
 
     def clip(node, ins, training):
         lo, hi = node.attrs.get("min"), node.attrs.get("max")
