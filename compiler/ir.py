@@ -124,22 +124,21 @@ class Graph:
             if out not in producer and out not in defined:
                 raise ModelDefinitionError(None, "graph output is not produced by any node", output=out)
 
-        # Kahn's algorithm, stable in the given order so user order is kept when it is valid.
+        # Kahn's algorithm taking the earliest ready node in the given order each time, so a valid
+        # user order is kept exactly (a residual branch is not hoisted next to its sibling).
         deps = {n.name: {producer[i].name for i in n.inputs if i in producer} for n in nodes}
-        by_name = {n.name: n for n in nodes}
         order: list[Node] = []
         done: set[str] = set()
         remaining = list(nodes)
         while remaining:
-            ready = [n for n in remaining if deps[n.name] <= done]
-            if not ready:
+            ready = next((i for i, n in enumerate(remaining) if deps[n.name] <= done), None)
+            if ready is None:
                 raise ModelDefinitionError(
                     remaining[0].name, "the graph has a cycle",
                     layers_in_cycle=[n.name for n in remaining])
-            for n in ready:
-                order.append(by_name[n.name])
-                done.add(n.name)
-            remaining = [n for n in remaining if n.name not in done]
+            node = remaining.pop(ready)
+            order.append(node)
+            done.add(node.name)
         return order
 
     def _infer(self):

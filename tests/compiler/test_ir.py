@@ -165,6 +165,15 @@ def test_valid_user_order_is_kept():
     assert [n.name for n in graph.nodes] == ["conv1", "relu1", "conv2", "add", "relu2"]
 
 
+def test_valid_user_order_of_a_dag_is_kept():
+    # Two branches from one input: the second branch must not be hoisted next to the first
+    # branch's head just because it is ready as early.
+    nodes = [Node("Relu", "a1", ["input"], ["a1"]), Node("Relu", "a2", ["a1"], ["a2"]),
+             Node("Relu", "b1", ["input"], ["b1"]), Node("Add", "join", ["a2", "b1"], ["join"])]
+    graph = Graph([TensorSpec("input", ("N", 3))], ["join"], nodes)
+    assert [n.name for n in graph.nodes] == ["a1", "a2", "b1", "join"]
+
+
 def test_symbolic_batch_dimension_flows_through():
     graph = small_graph()
     for tensor in ("conv1", "relu1", "conv2", "add", "relu2"):
