@@ -33,7 +33,7 @@ from edgecnn.runtime.errors import EdgeCNNError, InputError
 from .errors import ModelDefinitionError, UnsupportedOpError
 from .fileio import write_bytes
 from .ir import Graph, Node, TensorSpec
-from .ops.base import REGISTRY, RunContext
+from .ops.base import REGISTRY, RunContext, make_op
 
 DEFAULT_OPSET = 17
 PRODUCER_NAME = "edgecnn"
@@ -222,6 +222,8 @@ class ImportContext:
 
     constants: dict[str, np.ndarray]
     opset: int
+    #: shapes of the non-constant tensors converted so far (inferred node by node)
+    shapes: dict = field(default_factory=dict)
     #: constants that some op read through :meth:`constant` (for diagnostics)
     read: set = field(default_factory=set)
 
@@ -234,6 +236,12 @@ class ImportContext:
 
     def is_constant(self, name: str) -> bool:
         return name in self.constants
+
+    def shape(self, name: str):
+        """The shape of a tensor converted so far (graph input, constant or earlier node output)."""
+        if name in self.constants:
+            return tuple(self.constants[name].shape)
+        return self.shapes.get(name)
 
 
 def load_onnx(source):
@@ -465,7 +473,6 @@ def import_model(source, name: str | None = None) -> Graph:
     if problems or unknown_nodes:
         raise _unsupported(problems, unknown_nodes, opset)
 
-    ctx = ImportContext(constants=constants, opset=opset)
     alias: dict[str, str] = {}  # removed node's output -> the tensor it passes through
 
     def resolve(t: str) -> str:
@@ -473,8 +480,16 @@ def import_model(source, name: str | None = None) -> Graph:
             t = alias[t]
         return t
 
+    class _Context(ImportContext):
+        def constant(self, name):
+            return super().constant(resolve(name))
+
+        def shape(self, name):
+            return super().shape(resolve(name))
+
+    ctx = _Context(constants=constants, opset=opset, shapes={s.name: s.shape for s in inputs})
+
     ir_nodes: list[Node] = []
-    used_names = {s.name for s in inputs}
     for node in order:
         if node.op_type in CONSTANT_SOURCES:
             value = CONSTANT_SOURCES[node.op_type](node, {k: constants[k] for k in node.input if k in constants})
@@ -509,8 +524,12 @@ def import_model(source, name: str | None = None) -> Graph:
         if folded is not None:
             constants.update(folded)
             continue
+        # Shapes node by node, so later ops' from_onnx can ask ctx.shape() and a bad model
+        # fails at the node that breaks a rule.
+        op = make_op(ir_node)
+        out_shapes = op.infer_shapes([ctx.shape(i) if i else None for i in ir_node.inputs])
+        ctx.shapes.update(zip(ir_node.outputs, (tuple(s) for s in out_shapes)))
         ir_nodes.append(ir_node)
-        used_names.update(outs)
 
     # Graph outputs keep their ONNX names: an output that was passed through a removed node
     # renames the tensor it aliases.
@@ -584,8 +603,6 @@ def _fold(ir_node: Node, constants: dict) -> dict | None:
     values = [constants[i] if i else None for i in ir_node.inputs]
     if not all(v is None or np.issubdtype(v.dtype, np.floating) for v in values):
         return None
-    from .ops import make_op
-
     op = make_op(ir_node)
     outputs, _ = op.forward([None if v is None else v.astype(np.float32) for v in values], RunContext())
     return dict(zip(ir_node.outputs, outputs))
