@@ -431,7 +431,9 @@ class Trainer:
     def train_step(self, idx: np.ndarray, rng: np.random.Generator, lr: float, where: str) -> tuple[float, int]:
         x, y = self.data.batch(idx), self.data.y[idx]
         ctx = RunContext(training=True, need_grad=True, rng=rng)
-        loss, logits, grads = loss_and_gradients(self.graph, x, y, self.config, ctx=ctx)
+        # Overflow on the way to a NaN loss is reported once, below, not as NumPy warnings.
+        with np.errstate(over="ignore", invalid="ignore"):
+            loss, logits, grads = loss_and_gradients(self.graph, x, y, self.config, ctx=ctx)
         if not math.isfinite(loss):
             raise TrainingDivergedError(
                 f"the loss became {loss} at {where}; training stopped before applying that step. "
