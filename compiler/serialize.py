@@ -20,11 +20,21 @@ GRAPH_FILE = "graph.json"
 WEIGHTS_FILE = "weights.npz"
 
 
+def _write_weights(path: Path, params: dict[str, np.ndarray]):
+    """The ``.npz`` layout (one ``<name>.npy`` per array in a zip), written entry by entry:
+    ``np.savez(file, allow_pickle=..., **params)`` would swallow parameters named ``file`` or
+    ``allow_pickle``, and pickling is refused outright."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for name, value in params.items():
+            with zf.open(f"{name}.npy", "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, np.ascontiguousarray(value), allow_pickle=False)
+
+
 def save_model(graph: Graph, path) -> Path:
     path = Path(path)
     with atomic_dir(path) as tmp:
         (tmp / GRAPH_FILE).write_text(graph.to_json())
-        np.savez(tmp / WEIGHTS_FILE, **graph.params)
+        _write_weights(tmp / WEIGHTS_FILE, graph.params)
     return path
 
 
