@@ -13,6 +13,7 @@ only rebuild NumPy arrays, then cached as ``.npz``.
 """
 from __future__ import annotations
 
+import codecs
 import gzip
 import hashlib
 import io
@@ -274,6 +275,8 @@ class _ArrayOnlyUnpickler(pickle.Unpickler):
             ("numpy._core.multiarray", "_reconstruct"): _ndarray_reconstruct(),
             ("numpy", "ndarray"): np.ndarray,
             ("numpy", "dtype"): np.dtype,
+            # Protocol-2 pickles written by Python 3 spell array bytes as encode(str, "latin1").
+            ("_codecs", "encode"): codecs.encode,
         }
         try:
             return allowed[(module, name)]
