@@ -1,0 +1,97 @@
+"""Remote execution over a real TVM RPC server on loopback, and aarch64 under qemu-user."""
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from edgecnn.runtime import emulate
+from edgecnn.runtime.errors import BundleError, InputError
+from edgecnn.runtime.rpc import RemoteError, open_remote, parse_address
+from edgecnn.runtime.verify import verify_golden
+
+RTOL = ATOL = 1e-4
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def rpc_server():
+    """The documented device-side one-liner, on 127.0.0.1 and a free port."""
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tvm.exec.rpc_server", "--host", "127.0.0.1", "--port", str(port),
+         "--port-end", str(port + 1)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                server.kill()
+                pytest.fail(f"the RPC server did not start: {server.stdout.read().decode()[-2000:]}")
+            time.sleep(0.2)
+    yield f"127.0.0.1:{port}"
+    server.terminate()
+    server.wait(timeout=10)
+
+
+def test_rpc_round_trip_matches_onnxruntime(rpc_server, tiny_bundle, onnxruntime_reference, rng):
+    bundle = open_remote(tiny_bundle, rpc_server, threads=1)
+    x = rng.standard_normal((3, 1, 8, 8)).astype(np.float32)
+    out = bundle.run({"input": x})
+    padded = np.concatenate([x, np.zeros((1, 1, 8, 8), np.float32)])
+    expected = np.concatenate([onnxruntime_reference(tiny_bundle, {"input": padded[:2]})["logits"],
+                               onnxruntime_reference(tiny_bundle, {"input": padded[2:]})["logits"]])[:3]
+    np.testing.assert_allclose(out["logits"], expected, rtol=RTOL, atol=ATOL)
+    times = bundle.time(repeat=5, warmup=1)
+    assert len(times) == 5 and all(0 < t < 1.0 for t in times)
+    assert verify_golden(bundle).passed
+
+
+def test_rpc_unreachable_server_is_a_clear_error(tiny_bundle):
+    with pytest.raises(RemoteError, match=r"cannot reach a TVM RPC server at 127.0.0.1:\d+.*tvm.exec.rpc_server"):
+        open_remote(tiny_bundle, f"127.0.0.1:{_free_port()}")
+
+
+@pytest.mark.parametrize("text", ["localhost", "host:port", ":9090", "h:70000"])
+def test_rpc_address_must_be_host_port(text):
+    with pytest.raises(InputError, match="HOST:PORT"):
+        parse_address(text)
+
+
+@pytest.fixture(scope="module")
+def emulation():
+    missing = emulate.missing_requirements()
+    if missing:
+        pytest.skip("aarch64 emulation unavailable: " + "; ".join(missing))
+
+
+def test_emulated_aarch64_verify_against_golden(emulation, tiny_bundle_aarch64, onnxruntime_reference, rng):
+    bundle = emulate.open_emulated(tiny_bundle_aarch64)
+    report = verify_golden(bundle, rtol=RTOL, atol=ATOL)
+    assert report.passed, report.table()
+    # The golden outputs come from onnxruntime; check a fresh input too, two samples in two calls.
+    x = rng.standard_normal((2, 1, 8, 8)).astype(np.float32)
+    out = bundle.run({"input": x})
+    expected = np.concatenate([onnxruntime_reference(tiny_bundle_aarch64, {"input": x[i:i + 1]})["logits"]
+                               for i in range(2)])
+    np.testing.assert_allclose(out["logits"], expected, rtol=RTOL, atol=ATOL)
+
+
+def test_emulate_refuses_x86_bundle(emulation, tiny_bundle):
+    with pytest.raises(BundleError, match="--emulate runs aarch64 CPU bundles"):
+        emulate.open_emulated(tiny_bundle)
+
+
+def test_emulation_without_runtime_libraries_says_how_to_get_them(tiny_bundle_aarch64, tmp_path, monkeypatch):
+    monkeypatch.setenv(emulate.ENV_RUNTIME_DIR, str(tmp_path / "absent"))
+    with pytest.raises(emulate.EmulationUnavailable, match="make aarch64-runtime"):
+        emulate.open_emulated(tiny_bundle_aarch64)
