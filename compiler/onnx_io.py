@@ -145,9 +145,9 @@ def export_model(graph: Graph, opset: int = DEFAULT_OPSET, static_batch: int | N
         made = op.to_onnx(list(node.inputs), list(node.outputs), opset, ctx)
         nodes.extend([made] if isinstance(made, onnx.NodeProto) else list(made))
 
-    initializers = [onnx.numpy_helper.from_array(np.ascontiguousarray(v, dtype=np.float32), name=k)
+    initializers = [onnx.numpy_helper.from_array(np.asarray(v, dtype=np.float32), name=k)
                     for k, v in graph.params.items()]
-    initializers += [onnx.numpy_helper.from_array(np.ascontiguousarray(v), name=k)
+    initializers += [onnx.numpy_helper.from_array(np.asarray(v), name=k)
                      for k, v in ctx.initializers.items()]
     inputs = [_value_info(s.name, s.shape, static_batch) for s in graph.inputs]
     outputs = [_value_info(o, graph.shapes[o], static_batch) for o in graph.outputs]
@@ -362,19 +362,32 @@ def _sorted_nodes(onnx_nodes, available: set[str]):
     if dangling:
         raise InputError("the ONNX graph reads tensors that are not graph inputs, initializers or outputs of "
                          "any node (a missing graph input?): " + "; ".join(dangling))
-    order, done = [], set(available)
-    remaining = list(onnx_nodes)
-    while remaining:
-        ready = [n for n in remaining if all(not i or i in done for i in n.input)]
-        if not ready:
-            names = [f"'{n.name}' ({n.op_type})" for n in remaining]
-            raise InputError("the ONNX graph has a cycle: these nodes wait on each other's outputs: "
-                             + ", ".join(names))
-        ids = {id(n) for n in ready}
-        for n in ready:
-            order.append(n)
-            done.update(o for o in n.output if o)
-        remaining = [n for n in remaining if id(n) not in ids]
+    # Kahn's algorithm taking the earliest ready node first: a valid file order is kept exactly.
+    import heapq
+
+    consumers: dict[str, list[int]] = {}
+    waiting = []
+    for idx, node in enumerate(onnx_nodes):
+        pending = {i for i in node.input if i and i not in available}
+        waiting.append(len(pending))
+        for t in pending:
+            consumers.setdefault(t, []).append(idx)
+    ready = [idx for idx, count in enumerate(waiting) if count == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        idx = heapq.heappop(ready)
+        order.append(onnx_nodes[idx])
+        for out in {o for o in onnx_nodes[idx].output if o}:
+            for consumer in consumers.get(out, ()):
+                waiting[consumer] -= 1
+                if waiting[consumer] == 0:
+                    heapq.heappush(ready, consumer)
+    if len(order) < len(onnx_nodes):
+        done = {id(n) for n in order}
+        names = [f"'{n.name}' ({n.op_type})" for n in onnx_nodes if id(n) not in done]
+        raise InputError("the ONNX graph has a cycle: these nodes wait on each other's outputs: "
+                         + ", ".join(names))
     return order
 
 
@@ -591,8 +604,8 @@ def _unsupported(problems: list[str], unknown_nodes: list[tuple[str, str]], opse
 
 def _param_array(value: np.ndarray) -> np.ndarray:
     if np.issubdtype(value.dtype, np.floating):
-        return np.ascontiguousarray(value, dtype=np.float32)
-    return np.ascontiguousarray(value)
+        return np.asarray(value, dtype=np.float32)
+    return np.asarray(value)
 
 
 def _fold(ir_node: Node, constants: dict) -> dict | None:
