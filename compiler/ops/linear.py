@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from .base import Op, register
-from .tensor import broadcast_shape, unbroadcast
+from .tensor import unbroadcast
 
 
 @register
@@ -48,7 +48,8 @@ class Gemm(Op):
         m, _, n = self._mkn(in_shapes[0], in_shapes[1])
         if len(in_shapes) > 2 and in_shapes[2] is not None:
             c = tuple(in_shapes[2])
-            if len(c) > 2 or broadcast_shape(self, (m, n), c) != (m, n):
+            padded = (1,) * (2 - len(c)) + c
+            if len(c) > 2 or any(dc not in (1, do) for dc, do in zip(padded, (m, n))):
                 self.fail("C must broadcast to the output shape (M, N)", c_shape=c, output_shape=(m, n))
         return [(m, n)]
 

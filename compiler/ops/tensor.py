@@ -78,10 +78,11 @@ def product(dims):
 
 
 def _normalize_axis(op: Op, axis: int, rank: int, allow_end: bool = False) -> int:
+    """A non-negative axis; ``allow_end`` also accepts ``rank`` itself (Flatten's range [-r, r])."""
     hi = rank + 1 if allow_end else rank
-    if not -hi <= axis < hi:
+    if not -rank <= axis < hi:
         op.fail("axis is out of range for the input rank", axis=axis, rank=rank)
-    return axis + hi if axis < 0 else axis
+    return axis + rank if axis < 0 else axis
 
 
 def _constant_input(node, position: int, ctx, what: str, required: bool = True):

@@ -201,3 +201,300 @@ def torch_mirror():
     """``graph_to_torch(graph, dtype=None) -> torch.nn.Module``; skips when PyTorch is absent."""
     pytest.importorskip("torch", reason="PyTorch is an optional test peer (pip install torch==2.13.0)")
     return graph_to_torch
+
+# -- op test tables ----------------------------------------------------------------------------
+# Op test tables: the configurations every op is checked in.
+# 
+# One table of :class:`OpCase`; ``FORWARD_CASES`` are compared with onnx's ReferenceEvaluator
+# (tests/compiler/test_ops_forward.py), ``GRADIENT_CASES`` with central differences
+# (tests/compiler/test_ops_gradients.py). ``test_op_registry.py`` asserts that every registered op
+# appears in both, so a new op without tests fails the suite. The tables reach the tests through
+# ``pytest_generate_tests`` (parametrization) and the ``forward_table`` / ``gradient_table`` fixtures.
+from dataclasses import dataclass  # noqa: E402
+
+# Input roles: "x" an activation (batch first, normal * scale), "w" a parameter (normal * 0.5),
+# "pos" positive values in [0.5, 2] (variances, divisors), "distinct" no two values equal (so a
+# max has one winner and a finite difference is defined), "ties" small integers (many equal values).
+ROLES = ("x", "w", "pos", "distinct", "ties")
+
+
+@dataclass(frozen=True)
+class OpCase:
+    op: str
+    attrs: dict
+    inputs: tuple  # ((shape, role), ...)
+    id: str
+    opsets: tuple = (17,)
+    forward: bool = True  # in the ReferenceEvaluator table
+    gradient: bool = True  # in the finite-difference table
+    training: bool = False  # run with RunContext(training=True)
+    scale: float = 1.0  # std of "x" inputs
+    kinks: tuple = ()  # input values where the op is not differentiable: kept 0.02 away
+    symbolic_batch: bool = True  # output dim 0 follows a symbolic input batch dim
+    wrt: tuple | None = None  # input positions with gradients (default: every non-state input)
+    rtol: float = 1e-5
+    atol: float = 1e-5
+    # The forward reference: onnx's ReferenceEvaluator, or onnxruntime where the evaluator is
+    # wrong (measured with onnx 1.23: LogSoftmax is log(softmax), -inf for large logit gaps;
+    # MaxPool SAME_LOWER drops the first row/column; BatchNormalization-9 (opsets 9..14) ignores
+    # epsilon's place in the formula). onnxruntime and PyTorch agree with edgecnn on all three.
+    reference: str = "onnx"
+    # onnx's C++ shape inference counts a ceil_mode window that starts in the end padding, which
+    # the spec text ("sliding windows that would start in the right padded region are ignored"),
+    # the ReferenceEvaluator, onnxruntime and PyTorch all drop. Those cases skip strict inference.
+    onnx_shape_inference: bool = True
+
+    def __str__(self):
+        return f"{self.op}-{self.id}"
+
+
+def make_inputs(case: OpCase, dtype, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    arrays = []
+    for shape, role in case.inputs:
+        if role == "x":
+            a = rng.standard_normal(shape) * case.scale
+        elif role == "w":
+            a = rng.standard_normal(shape) * 0.5
+        elif role == "pos":
+            a = rng.uniform(0.5, 2.0, shape)
+        elif role == "distinct":
+            a = (rng.permutation(int(np.prod(shape))).reshape(shape) - np.prod(shape) / 2) * 0.1
+        elif role == "ties":
+            a = rng.integers(0, 3, shape).astype(np.float64)
+        else:
+            raise ValueError(role)
+        arrays.append(a)
+    if case.kinks:
+        x = arrays[0]
+        for k in case.kinks:
+            near = np.abs(x - k) < 0.02
+            x[near] = k + 0.03 * np.sign(x[near] - k + 1e-12)
+    return [a.astype(dtype) for a in arrays]
+
+
+def _c(op, attrs, inputs, id, **kw):
+    return OpCase(op, dict(attrs), tuple((tuple(s), r) for s, r in inputs), id, **kw)
+
+
+ENCODING_OPSETS = (13, 17, 21)  # for ops whose ONNX encoding changes across opsets
+
+CASES = [
+    # -- Conv -----------------------------------------------------------------------------
+    _c("Conv", {"pads": [1, 1, 1, 1]}, [((2, 3, 5, 5), "x"), ((4, 3, 3, 3), "w"), ((4,), "w")], "3x3-pad1"),
+    _c("Conv", {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 0, 2, 1]},
+       [((1, 2, 7, 6), "x"), ((3, 2, 3, 3), "w"), ((3,), "w")], "odd-stride2-asympads"),
+    _c("Conv", {"dilations": [2, 2], "pads": [2, 2, 2, 2]}, [((1, 2, 7, 7), "x"), ((2, 2, 3, 3), "w")],
+       "dilation2-nobias"),
+    _c("Conv", {"group": 2, "pads": [1, 1, 1, 1]}, [((1, 4, 5, 5), "x"), ((6, 2, 3, 3), "w"), ((6,), "w")],
+       "groups2"),
+    _c("Conv", {"group": 3, "strides": [2, 2], "auto_pad": "SAME_UPPER"},
+       [((2, 3, 6, 7), "x"), ((3, 1, 3, 3), "w"), ((3,), "w")], "depthwise-same-upper-stride2"),
+    _c("Conv", {"group": 3, "strides": [2, 2], "auto_pad": "SAME_LOWER"},
+       [((1, 3, 7, 6), "x"), ((6, 1, 2, 2), "w"), ((6,), "w")], "depthwise-mult2-same-lower"),
+    _c("Conv", {"auto_pad": "VALID", "strides": [1, 2]}, [((1, 2, 5, 6), "x"), ((2, 2, 2, 3), "w"), ((2,), "w")],
+       "valid-rect-kernel"),
+    # -- Pad ------------------------------------------------------------------------------
+    _c("Pad", {"pads": [0, 0, 1, 2, 0, 0, 2, 1], "mode": "constant", "value": 1.5}, [((1, 2, 3, 4), "x")],
+       "constant-value", opsets=ENCODING_OPSETS),
+    _c("Pad", {"pads": [0, 1, 1, 0, 0, 0, 0, 2]}, [((1, 2, 3, 3), "x")], "constant-zero-channels",
+       opsets=ENCODING_OPSETS),
+    _c("Pad", {"pads": [0, 0, 2, 1, 0, 0, 1, 3], "mode": "reflect"}, [((2, 2, 4, 5), "x")], "reflect",
+       opsets=ENCODING_OPSETS),
+    _c("Pad", {"pads": [0, 0, 3, 1, 0, 0, 1, 2], "mode": "edge"}, [((1, 2, 3, 4), "x")], "edge",
+       opsets=ENCODING_OPSETS),
+    # -- elementwise activations ------------------------------------------------------------
+    _c("Relu", {}, [((2, 3, 4), "x")], "plain", kinks=(0.0,)),
+    _c("Clip", {"min": 0.0, "max": 6.0}, [((2, 3, 4, 4), "x")], "relu6", scale=4.0, kinks=(0.0, 6.0),
+       opsets=ENCODING_OPSETS),
+    _c("Clip", {"min": -0.5}, [((2, 3, 4), "x")], "min-only", kinks=(-0.5,), opsets=ENCODING_OPSETS),
+    _c("Clip", {"max": 0.3}, [((2, 3, 4), "x")], "max-only", kinks=(0.3,), opsets=ENCODING_OPSETS),
+    _c("Clip", {}, [((2, 5), "x")], "unbounded", opsets=ENCODING_OPSETS),
+    _c("LeakyRelu", {}, [((2, 3, 4), "x")], "default", kinks=(0.0,)),
+    _c("LeakyRelu", {"alpha": 0.3}, [((2, 3, 2, 2), "x")], "alpha0.3", kinks=(0.0,)),
+    _c("PRelu", {}, [((2, 3, 4, 4), "x"), ((3, 1, 1), "w")], "per-channel", kinks=(0.0,)),
+    _c("PRelu", {}, [((2, 3, 4), "x"), ((1,), "w")], "shared-slope", kinks=(0.0,)),
+    _c("PRelu", {}, [((2, 3, 2, 2), "x"), ((3, 2, 2), "w")], "full-slope", kinks=(0.0,)),
+    _c("Sigmoid", {}, [((2, 3, 4), "x")], "plain", scale=3.0),
+    _c("Sigmoid", {}, [((2, 6), "x")], "large-inputs", scale=60.0, gradient=False),
+    _c("Tanh", {}, [((2, 3, 4), "x")], "plain", scale=2.0),
+    _c("Elu", {}, [((2, 3, 4), "x")], "default", kinks=(0.0,)),
+    _c("Elu", {"alpha": 0.7}, [((2, 3, 4), "x")], "alpha0.7", kinks=(0.0,)),
+    _c("Selu", {}, [((2, 3, 4), "x")], "default", kinks=(0.0,)),
+    _c("Selu", {"alpha": 1.2, "gamma": 0.8}, [((2, 3, 4), "x")], "custom", kinks=(0.0,)),
+    _c("HardSigmoid", {}, [((2, 3, 4), "x")], "default", scale=4.0, kinks=(-2.5, 2.5)),
+    _c("HardSigmoid", {"alpha": 0.5, "beta": 0.3}, [((2, 3, 4), "x")], "custom", scale=2.0, kinks=(-0.6, 1.4)),
+    _c("HardSwish", {}, [((2, 3, 4, 2), "x")], "plain", scale=4.0, kinks=(-3.0, 3.0), opsets=(14, 17, 21)),
+    # -- Softmax / LogSoftmax -----------------------------------------------------------------
+    _c("Softmax", {}, [((3, 7), "x")], "axis-last", opsets=ENCODING_OPSETS),
+    _c("Softmax", {"axis": 1}, [((2, 4, 3, 2), "x")], "axis1-4d", opsets=ENCODING_OPSETS),
+    _c("Softmax", {"axis": -1}, [((2, 5), "x")], "large-logits", scale=500.0, gradient=False),
+    _c("LogSoftmax", {}, [((3, 7), "x")], "axis-last", opsets=ENCODING_OPSETS),
+    _c("LogSoftmax", {"axis": 1}, [((2, 4, 3), "x")], "axis1", opsets=ENCODING_OPSETS),
+    _c("LogSoftmax", {}, [((2, 5), "x")], "large-logits", scale=500.0, gradient=False, reference="onnxruntime"),
+    # -- MaxPool --------------------------------------------------------------------------
+    _c("MaxPool", {"kernel_shape": [2, 2], "strides": [2, 2]}, [((2, 2, 5, 5), "distinct")], "2x2-s2-odd"),
+    _c("MaxPool", {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]},
+       [((1, 2, 6, 7), "distinct")], "3x3-s2-pad1"),
+    _c("MaxPool", {"kernel_shape": [3, 3], "strides": [2, 2], "ceil_mode": 1}, [((1, 2, 6, 6), "distinct")],
+       "ceil-overhang"),
+    _c("MaxPool", {"kernel_shape": [2, 2], "strides": [2, 2], "pads": [1, 1, 1, 1], "ceil_mode": 1},
+       [((1, 1, 5, 5), "distinct")], "ceil-drops-window-starting-in-pad", onnx_shape_inference=False),
+    _c("MaxPool", {"kernel_shape": [2, 3], "strides": [1, 2], "pads": [0, 1, 1, 2]},
+       [((1, 2, 5, 6), "distinct")], "asymmetric-pads"),
+    _c("MaxPool", {"kernel_shape": [2, 2], "dilations": [2, 2], "pads": [1, 1, 1, 1]},
+       [((1, 2, 6, 5), "distinct")], "dilation2"),
+    _c("MaxPool", {"kernel_shape": [3, 3], "strides": [2, 2], "auto_pad": "SAME_UPPER"},
+       [((1, 2, 7, 6), "distinct")], "same-upper"),
+    _c("MaxPool", {"kernel_shape": [2, 2], "strides": [2, 2], "auto_pad": "SAME_LOWER"},
+       [((1, 2, 5, 5), "distinct")], "same-lower", reference="onnxruntime"),
+    _c("MaxPool", {"kernel_shape": [3, 2], "strides": [2, 2], "auto_pad": "VALID"}, [((1, 2, 7, 5), "distinct")],
+       "valid"),
+    _c("MaxPool", {"kernel_shape": [3, 3], "strides": [1, 1], "pads": [1, 1, 1, 1]}, [((1, 2, 4, 4), "ties")],
+       "ties-forward", gradient=False),
+    # -- AveragePool ----------------------------------------------------------------------
+    _c("AveragePool", {"kernel_shape": [2, 2], "strides": [2, 2]}, [((2, 2, 5, 5), "x")], "2x2-s2-odd"),
+    _c("AveragePool", {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]},
+       [((1, 2, 6, 7), "x")], "pad1-exclude"),
+    _c("AveragePool", {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1], "count_include_pad": 1},
+       [((1, 2, 6, 7), "x")], "pad1-include"),
+    _c("AveragePool", {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 0, 2, 1], "count_include_pad": 1},
+       [((1, 2, 5, 6), "x")], "asym-pads-include"),
+    _c("AveragePool", {"kernel_shape": [3, 3], "strides": [2, 2], "ceil_mode": 1}, [((1, 2, 6, 6), "x")],
+       "ceil-overhang-exclude"),
+    _c("AveragePool", {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1], "ceil_mode": 1,
+                       "count_include_pad": 1}, [((1, 2, 6, 6), "x")], "ceil-overhang-include"),
+    _c("AveragePool", {"kernel_shape": [2, 2], "strides": [2, 2], "pads": [1, 1, 1, 1], "ceil_mode": 1,
+                       "count_include_pad": 1}, [((1, 1, 5, 5), "x")], "ceil-drops-window-starting-in-pad",
+       onnx_shape_inference=False),
+    _c("AveragePool", {"kernel_shape": [3, 3], "strides": [2, 2], "auto_pad": "SAME_UPPER"},
+       [((1, 2, 7, 6), "x")], "same-upper"),
+    _c("AveragePool", {"kernel_shape": [2, 2], "strides": [2, 2], "auto_pad": "SAME_LOWER"},
+       [((1, 2, 5, 5), "x")], "same-lower"),
+    _c("AveragePool", {"kernel_shape": [2, 3], "auto_pad": "VALID"}, [((1, 2, 4, 5), "x")], "valid"),
+    _c("AveragePool", {"kernel_shape": [2, 2], "dilations": [2, 2], "pads": [1, 1, 1, 1]},
+       [((1, 2, 6, 5), "x")], "dilation2-exclude", opsets=(19, 21)),
+    _c("AveragePool", {"kernel_shape": [2, 2], "dilations": [2, 2], "pads": [1, 1, 1, 1], "count_include_pad": 1},
+       [((1, 2, 6, 5), "x")], "dilation2-include", opsets=(19, 21)),
+    # -- global pools ---------------------------------------------------------------------
+    _c("GlobalAveragePool", {}, [((2, 3, 4, 5), "x")], "4d"),
+    _c("GlobalAveragePool", {}, [((2, 3, 5), "x")], "3d"),
+    _c("GlobalMaxPool", {}, [((2, 3, 4, 5), "distinct")], "4d"),
+    # -- Gemm -----------------------------------------------------------------------------
+    _c("Gemm", {"transB": 1}, [((3, 5), "x"), ((4, 5), "w"), ((4,), "w")], "dense"),
+    _c("Gemm", {}, [((3, 5), "x"), ((5, 4), "w")], "no-bias"),
+    _c("Gemm", {"transA": 1, "alpha": 0.5, "beta": 2.0}, [((5, 3), "x"), ((5, 4), "w"), ((3, 1), "w")],
+       "transA-alpha-beta-column-C", symbolic_batch=False),
+    _c("Gemm", {"transA": 1, "transB": 1}, [((5, 3), "x"), ((4, 5), "w"), ((3, 4), "w")], "transA-transB-full-C",
+       symbolic_batch=False),
+    _c("Gemm", {"beta": -1.5}, [((3, 5), "x"), ((5, 4), "w"), ((1,), "w")], "scalar-C"),
+    # -- BatchNormalization ---------------------------------------------------------------
+    _c("BatchNormalization", {"epsilon": 1e-3},
+       [((2, 3, 4, 4), "x"), ((3,), "w"), ((3,), "w"), ((3,), "w"), ((3,), "pos")], "inference",
+       opsets=(15, 17, 21)),
+    _c("BatchNormalization", {"epsilon": 1e-3},
+       [((2, 3, 4, 4), "x"), ((3,), "w"), ((3,), "w"), ((3,), "w"), ((3,), "pos")], "inference-opset13",
+       opsets=(13,), reference="onnxruntime", gradient=False),
+    _c("BatchNormalization", {"epsilon": 1e-5, "momentum": 0.8},
+       [((4, 3, 3, 2), "x"), ((3,), "w"), ((3,), "w"), ((3,), "w"), ((3,), "pos")], "training",
+       training=True, forward=False),
+    _c("BatchNormalization", {}, [((5, 4), "x"), ((4,), "w"), ((4,), "w"), ((4,), "w"), ((4,), "pos")],
+       "training-2d", training=True, forward=False),
+    # -- Dropout --------------------------------------------------------------------------
+    _c("Dropout", {"ratio": 0.3}, [((2, 3, 4), "x")], "inference", opsets=ENCODING_OPSETS),
+    _c("Dropout", {"ratio": 0.4}, [((2, 3, 4, 3), "x")], "training-seeded", training=True, forward=False),
+    # -- arithmetic and plumbing ----------------------------------------------------------
+    _c("Add", {}, [((2, 3, 4, 4), "x"), ((2, 3, 4, 4), "x")], "same-shape"),
+    _c("Add", {}, [((2, 3, 4, 4), "x"), ((3, 1, 1), "w")], "broadcast-channel"),
+    _c("Mul", {}, [((2, 3, 4), "x"), ((2, 3, 4), "x")], "same-shape"),
+    _c("Mul", {}, [((2, 3, 4, 4), "x"), ((1, 3, 1, 1), "w")], "broadcast-channel"),
+    _c("Concat", {"axis": 1}, [((2, 3, 2, 2), "x"), ((2, 1, 2, 2), "x"), ((2, 2, 2, 2), "x")], "channels"),
+    _c("Concat", {"axis": -1}, [((2, 3, 2), "x"), ((2, 3, 4), "x")], "last-axis"),
+    _c("Flatten", {}, [((2, 3, 4, 2), "x")], "axis1"),
+    _c("Flatten", {"axis": 2}, [((2, 3, 4, 2), "x")], "axis2", symbolic_batch=False),
+    _c("Flatten", {"axis": -1}, [((2, 3, 4), "x")], "axis-minus1", symbolic_batch=False),
+    _c("Reshape", {"shape": [0, -1]}, [((2, 4, 3, 3), "x")], "copy-infer", opsets=ENCODING_OPSETS),
+    _c("Reshape", {"shape": [0, 6, -1, 2]}, [((2, 4, 3, 3), "x")], "split-channels", opsets=ENCODING_OPSETS),
+    _c("Reshape", {"shape": [-1, 12]}, [((2, 4, 3), "x")], "infer-first", symbolic_batch=False),
+]
+
+
+def _case_ids(cases):
+    return [str(c) for c in cases]
+
+
+FORWARD_CASES = [c for c in CASES if c.forward]
+GRADIENT_CASES = [c for c in CASES if c.gradient]
+assert len(set(map(str, CASES))) == len(CASES), "case ids must be unique"
+
+
+def forward_params():
+    """(case, opset) pairs: every forward case at each opset whose encoding it exercises."""
+    return [(c, o) for c in FORWARD_CASES for o in c.opsets]
+
+
+def pytest_generate_tests(metafunc):
+    if "forward_case" in metafunc.fixturenames:
+        params = forward_params()
+        metafunc.parametrize("forward_case", params, ids=[f"{c}-opset{o}" for c, o in params])
+    if "op_case" in metafunc.fixturenames:  # every forward configuration once, opset aside
+        metafunc.parametrize("op_case", FORWARD_CASES, ids=_case_ids(FORWARD_CASES))
+    if "batch_first_case" in metafunc.fixturenames:
+        cases = [c for c in FORWARD_CASES if c.symbolic_batch]
+        metafunc.parametrize("batch_first_case", cases, ids=_case_ids(cases))
+    if "gradient_case" in metafunc.fixturenames:
+        metafunc.parametrize("gradient_case", GRADIENT_CASES, ids=_case_ids(GRADIENT_CASES))
+
+
+@pytest.fixture
+def forward_table():
+    return list(FORWARD_CASES)
+
+
+@pytest.fixture
+def gradient_table():
+    return list(GRADIENT_CASES)
+
+
+@pytest.fixture
+def case_inputs():
+    return make_inputs
+
+
+class FakeExportContext:
+    """The export context an op's ``to_onnx`` sees, for single-node models built in tests."""
+
+    def __init__(self, taken=()):
+        self.initializers: dict[str, np.ndarray] = {}
+        self.taken = set(taken)
+
+    def unique_name(self, base):
+        name, i = base, 0
+        while name in self.taken:
+            i += 1
+            name = f"{base}_{i}"
+        self.taken.add(name)
+        return name
+
+    def add_initializer(self, name, array):
+        self.initializers[name] = np.asarray(array)
+        self.taken.add(name)
+        return name
+
+
+class FakeImportContext:
+    def __init__(self, constants):
+        self.constants = dict(constants)
+
+    def constant(self, name):
+        return self.constants.get(name)
+
+
+@pytest.fixture
+def export_context():
+    return FakeExportContext
+
+
+@pytest.fixture
+def import_context():
+    return FakeImportContext
