@@ -1,0 +1,49 @@
+"""Tests generated from the op registry: a registered op without tests fails here.
+
+Every op in REGISTRY must have at least one configuration in the forward table (compared with
+onnx's ReferenceEvaluator) and one in the gradient table (compared with finite differences);
+both tables live in tests/compiler/conftest.py. Each op class must also carry its own shape
+rule, forward, backward and ONNX opset range, named exactly like its ONNX op.
+"""
+import onnx
+import pytest
+
+from edgecnn.compiler.errors import UnsupportedOpError
+from edgecnn.compiler.ops import REGISTRY, get_op_class
+from edgecnn.compiler.ops.base import Op
+
+ALL_OPS = sorted(REGISTRY)
+
+
+@pytest.mark.parametrize("op_type", ALL_OPS)
+def test_every_registered_op_has_forward_cases(op_type, forward_table):
+    assert op_type in {c.op for c in forward_table}, \
+        f"{op_type} is registered but has no forward configuration in tests/compiler/conftest.py"
+
+
+@pytest.mark.parametrize("op_type", ALL_OPS)
+def test_every_registered_op_has_gradient_cases(op_type, gradient_table):
+    assert op_type in {c.op for c in gradient_table}, \
+        f"{op_type} is registered but has no gradient configuration in tests/compiler/conftest.py"
+
+
+def test_tables_only_name_registered_ops(forward_table, gradient_table):
+    unknown = {c.op for c in forward_table + gradient_table} - set(REGISTRY)
+    assert not unknown
+
+
+@pytest.mark.parametrize("op_type", ALL_OPS)
+def test_op_class_is_complete(op_type):
+    cls = REGISTRY[op_type]
+    assert cls.__name__ == op_type == cls.op_type
+    onnx.defs.get_schema(op_type, onnx.defs.onnx_opset_version())  # a real ONNX op name
+    assert cls.forward is not Op.forward, f"{op_type} has no forward"
+    assert cls.backward is not Op.backward, f"{op_type} has no backward"
+    lo, hi = cls.onnx_opsets
+    assert 1 <= lo <= 13 <= 21 <= hi or op_type == "HardSwish" and lo == 14, \
+        f"{op_type} must be exportable at opsets 13..21 (HardSwish exists from 14)"
+
+
+def test_unknown_op_lists_the_supported_ones():
+    with pytest.raises(UnsupportedOpError, match="'Foo'.*supported: Add, AveragePool"):
+        get_op_class("Foo", layer="l1")
