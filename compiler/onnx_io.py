@@ -385,7 +385,15 @@ def _sorted_nodes(onnx_nodes, available: set[str]):
                     heapq.heappush(ready, consumer)
     if len(order) < len(onnx_nodes):
         done = {id(n) for n in order}
-        names = [f"'{n.name}' ({n.op_type})" for n in onnx_nodes if id(n) not in done]
+        stuck = [n for n in onnx_nodes if id(n) not in done]
+        # Drop the nodes that merely wait downstream of a cycle: what remains feeds itself.
+        while True:
+            read = {i for n in stuck for i in n.input}
+            kept = [n for n in stuck if any(o in read for o in n.output)]
+            if len(kept) == len(stuck):
+                break
+            stuck = kept
+        names = [f"'{n.name}' ({n.op_type})" for n in stuck]
         raise InputError("the ONNX graph has a cycle: these nodes wait on each other's outputs: "
                          + ", ".join(names))
     return order
