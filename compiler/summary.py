@@ -110,24 +110,26 @@ def _receptive_step(op, in_state, in_hw, out_hw):
 def _peak_activation_bytes(graph: Graph) -> int:
     """Most bytes of activations alive at once when nodes run in order and each tensor is freed
     after its last consumer (graph inputs and outputs included, parameters excluded)."""
-    nodes = graph.nodes
-    end = len(nodes)
-    born = {spec.name: -1 for spec in graph.inputs}
+    steps = len(graph.nodes)
+    born = {spec.name: 0 for spec in graph.inputs}
     last_use: dict[str, int] = {}
-    for i, node in enumerate(nodes):
+    for i, node in enumerate(graph.nodes):
         for out in node.outputs:
             born[out] = i
         for inp in node.inputs:
             if inp in born:
                 last_use[inp] = i
     for out in graph.outputs:
-        last_use[out] = end
-    peak = 0
-    for i in range(len(nodes)):
-        live = 0
-        for tensor, start in born.items():
-            if start <= i <= last_use.get(tensor, start):
-                live += (_per_sample_numel(graph.shapes[tensor]) or 0) * FLOAT32_BYTES
+        last_use[out] = steps - 1
+    # Bytes entering the live set at each step, and leaving it after each step.
+    change = [0] * (steps + 1)
+    for tensor, start in born.items():
+        size = (_per_sample_numel(graph.shapes[tensor]) or 0) * FLOAT32_BYTES
+        change[start] += size
+        change[max(last_use.get(tensor, start), start) + 1] -= size
+    peak = live = 0
+    for step in range(steps):
+        live += change[step]
         peak = max(peak, live)
     return peak
 
