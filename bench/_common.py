@@ -1,0 +1,86 @@
+"""Small helpers shared by the benchmark scripts: result JSON under bench/results/, tables, machine facts.
+
+Import from a script in this folder with ``from _common import ...`` (Python puts the script's own
+folder first on ``sys.path``).
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def set_threads(threads: int):
+    """Pin BLAS/OpenMP thread pools; call before NumPy (or anything loading BLAS) is imported."""
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(threads)
+
+
+def machine() -> dict:
+    """What a reader needs to judge a timing: CPU, cores, load when measured."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    return {"cpu": cpu, "cores": os.cpu_count(), "load_average": load, "python": platform.python_version(),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+
+def write_result(name: str, doc: dict) -> Path:
+    """Write ``doc`` (plus machine facts) to ``bench/results/<name>.json`` atomically; return the path."""
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / f"{name}.json"
+    doc = {"benchmark": name, "machine": machine(), **doc}
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(doc, indent=1) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def print_table(rows: list[dict], columns: list[str] | None = None, floatfmt: str = ".3g"):
+    """A plain aligned text table of dict rows (columns default to the first row's keys)."""
+    if not rows:
+        return
+    columns = columns or list(rows[0])
+
+    def fmt(v):
+        if isinstance(v, float):
+            return format(v, floatfmt)
+        return "" if v is None else str(v)
+
+    cells = [[fmt(r.get(c)) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
+    print("  ".join("-" * w for w in widths))
+    for row in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths)))
+
+
+def interleaved_times(peers: dict, rounds: int, per_round: int = 1, warmup: int = 2) -> dict:
+    """Seconds per call of each peer, measured in alternating rounds so machine drift hits all alike.
+
+    ``peers`` maps a name to a zero-argument callable. Returns per peer the median, min and all
+    round means.
+    """
+    for fn in peers.values():
+        for _ in range(warmup):
+            fn()
+    samples = {name: [] for name in peers}
+    for _ in range(rounds):
+        for name, fn in peers.items():
+            start = time.perf_counter()
+            for _ in range(per_round):
+                fn()
+            samples[name].append((time.perf_counter() - start) / per_round)
+    return {name: {"median_s": statistics.median(s), "min_s": min(s), "rounds_s": s} for name, s in samples.items()}
