@@ -176,3 +176,36 @@ def test_successful_save_replaces_previous_model(tmp_path):
     save_model(second, path)
     assert load_model(path).name == "digits-cnn"
     assert sorted(os.listdir(tmp_path)) == ["m"]
+
+
+# -- resolving the MODEL argument --------------------------------------------------------------------
+def test_load_any_resolves_zoo_saved_and_onnx(tmp_path):
+    from edgecnn.compiler import onnx_io
+    from edgecnn.compiler.models import load_any
+
+    graph = perturbed(zoo.build("lenet5"))
+    save_model(graph, tmp_path / "saved")
+    onnx_io.save_onnx(graph, tmp_path / "model.onnx")
+    x = sample(graph)
+    expected = numpy_backend.run(graph, {"input": x})["logits"]
+    assert load_any("lenet5").to_dict() == zoo.build("lenet5").to_dict()
+    for spec in (tmp_path / "saved", tmp_path / "saved" / "graph.json", tmp_path / "model.onnx"):
+        got = numpy_backend.run(load_any(str(spec)), {"input": x})["logits"]
+        np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6, err_msg=str(spec))
+
+
+@pytest.mark.parametrize("make, why", [
+    (lambda p: p / "absent", "no such zoo model, directory or file"),
+    (lambda p: p, "a directory without graph.json"),
+    (lambda p: p / "missing.onnx", "no such file"),
+    (lambda p: (p / "notes.txt").write_text("hi") and p / "notes.txt", "neither graph.json nor .onnx"),
+])
+def test_load_any_errors_list_the_zoo(tmp_path, make, why):
+    from edgecnn.compiler.models import load_any
+
+    spec = str(make(tmp_path))
+    with pytest.raises(InputError) as info:
+        load_any(spec)
+    msg = str(info.value)
+    assert msg.startswith("not a zoo model, saved model directory or .onnx file")
+    assert why in msg and f"Received: {spec!r}" in msg and all(name in msg for name in zoo.NAMES)
