@@ -46,6 +46,37 @@ def scatter_windows(grad_windows: np.ndarray, padded_shape, strides, dilations) 
     return out
 
 
+def _tap_slices(i: int, j: int, strides, dilations, out_hw) -> tuple[slice, slice]:
+    """Rows and columns of the padded input that kernel position (i, j) reads, one per output."""
+    hi, wj = i * dilations[0], j * dilations[1]
+    return (slice(hi, hi + strides[0] * (out_hw[0] - 1) + 1, strides[0]),
+            slice(wj, wj + strides[1] * (out_hw[1] - 1) + 1, strides[1]))
+
+
+def _im2col_channel_first(xp: np.ndarray, kernel, strides, dilations, out_hw) -> np.ndarray:
+    """Columns (C, KH, KW, N, OH, OW) of the padded input: one strided copy per kernel position."""
+    n, c = xp.shape[:2]
+    cols = np.empty((c, kernel[0], kernel[1], n, out_hw[0], out_hw[1]), dtype=xp.dtype)
+    channels_first = xp.transpose(1, 0, 2, 3)  # a view (C, N, H, W)
+    for i in range(kernel[0]):
+        for j in range(kernel[1]):
+            rows, columns = _tap_slices(i, j, strides, dilations, out_hw)
+            cols[:, i, j] = channels_first[:, :, rows, columns]
+    return cols
+
+
+def _col2im_channel_first(dcols: np.ndarray, padded_shape, kernel, strides, dilations, out_hw) -> np.ndarray:
+    """Adjoint of :func:`_im2col_channel_first`: add column gradients back into the padded input."""
+    n, c = padded_shape[:2]
+    blocks = dcols.reshape(c, kernel[0], kernel[1], n, out_hw[0], out_hw[1])
+    out = np.zeros((c, n) + tuple(padded_shape[2:]), dtype=dcols.dtype)
+    for i in range(kernel[0]):
+        for j in range(kernel[1]):
+            rows, columns = _tap_slices(i, j, strides, dilations, out_hw)
+            out[:, :, rows, columns] += blocks[:, i, j]
+    return out.transpose(1, 0, 2, 3)
+
+
 class _Spatial2D(Op):
     """Shared attribute handling for ops with kernel/strides/pads/dilations over 2-D NCHW input."""
 
@@ -108,8 +139,10 @@ class Conv(_Spatial2D):
     Output size per spatial axis (see ``_shapes.output_size``):
     ``out = floor((in + pad_begin + pad_end - (dilation * (k - 1) + 1)) / stride) + 1``.
 
-    Computed as im2col + one batched matrix product per group set:
-    ``Y[g] = cols[g] (N*OH*OW, C/g*KH*KW) @ W[g]^T (C/g*KH*KW, M/g)``.
+    Computed as im2col + one matrix product per group, with the columns laid out channel-first,
+    ``cols[g] (C/g*KH*KW, N*OH*OW)`` and ``Y[g] = W[g] (M/g, C/g*KH*KW) @ cols[g]``. In that layout
+    every kernel position is one contiguous block of the columns, so both im2col and its adjoint
+    (col2im, in the backward) are one strided copy / add per kernel position.
     """
 
     attr_defaults = {"auto_pad": "NOTSET", "dilations": None, "group": 1, "kernel_shape": None,
@@ -158,19 +191,14 @@ class Conv(_Spatial2D):
         x, w = inputs[0], inputs[1]
         b = inputs[2] if len(inputs) > 2 and inputs[2] is not None else None
         kernel, strides, dilations, pads, (oh, ow) = self.geometry(x.shape, tuple(w.shape[2:]))
-        n, c = x.shape[:2]
-        m, cg = w.shape[:2]
+        n = x.shape[0]
+        m = w.shape[0]
         g = self.attrs["group"]
-        mg = m // g
         xp = np.pad(x, _shapes.numpy_pad_width(pads)) if any(pads) else x
-        win = windows(xp, kernel, strides, dilations, (oh, ow))  # (N, C, OH, OW, KH, KW)
-        k = cg * kernel[0] * kernel[1]
-        # im2col: (g, N*OH*OW, C/g*KH*KW); kept for the backward pass (weight gradient).
-        cols = (win.reshape(n, g, cg, oh, ow, kernel[0], kernel[1])
-                .transpose(1, 0, 3, 4, 2, 5, 6).reshape(g, n * oh * ow, k))
-        wmat = w.reshape(g, mg, k).transpose(0, 2, 1)  # (g, K, M/g)
-        y = np.matmul(cols, wmat)  # (g, N*OH*OW, M/g)
-        y = y.reshape(g, n, oh, ow, mg).transpose(1, 0, 4, 2, 3).reshape(n, m, oh, ow)
+        # im2col, kept for the backward pass (weight gradient): (g, C/g*KH*KW, N*OH*OW)
+        cols = _im2col_channel_first(xp, kernel, strides, dilations, (oh, ow)).reshape(g, -1, n * oh * ow)
+        y = np.matmul(w.reshape(g, m // g, -1), cols)  # (g, M/g, N*OH*OW)
+        y = y.reshape(m, n, oh, ow).transpose(1, 0, 2, 3)
         if b is not None:
             y = y + b.reshape(1, m, 1, 1)
         y = np.ascontiguousarray(y, dtype=x.dtype)
@@ -182,14 +210,10 @@ class Conv(_Spatial2D):
         dy = grad_outputs[0]
         n, m, oh, ow = dy.shape
         g = self.attrs["group"]
-        mg, cg = m // g, w.shape[1]
-        dy_mat = dy.reshape(n, g, mg, oh, ow).transpose(1, 0, 3, 4, 2).reshape(g, n * oh * ow, mg)
-        dw = np.matmul(cols.transpose(0, 2, 1), dy_mat)  # (g, K, M/g)
-        dw = dw.transpose(0, 2, 1).reshape(w.shape)
-        dcols = np.matmul(dy_mat, w.reshape(g, mg, -1))  # (g, N*OH*OW, K)
-        dwin = (dcols.reshape(g, n, oh, ow, cg, kernel[0], kernel[1])
-                .transpose(1, 0, 4, 2, 3, 5, 6).reshape(n, g * cg, oh, ow, kernel[0], kernel[1]))
-        dxp = scatter_windows(dwin, padded_shape, strides, dilations)
+        dy_mat = np.ascontiguousarray(dy.transpose(1, 0, 2, 3)).reshape(g, m // g, n * oh * ow)
+        dw = np.matmul(dy_mat, cols.transpose(0, 2, 1)).reshape(w.shape)  # (g, M/g, K)
+        dcols = np.matmul(w.reshape(g, m // g, -1).transpose(0, 2, 1), dy_mat)  # (g, K, N*OH*OW)
+        dxp = _col2im_channel_first(dcols, padded_shape, kernel, strides, dilations, (oh, ow))
         h, wd = x_shape[2], x_shape[3]
         dx = dxp[:, :, pads[0]:pads[0] + h, pads[1]:pads[1] + wd]
         grads = [np.ascontiguousarray(dx), dw.astype(w.dtype, copy=False)]
