@@ -96,6 +96,10 @@ def add_arguments(parser):
     parser.add_argument("--top", type=int, default=5, metavar="K",
                         help="classes shown per sample for classifiers with labels (default 5)")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of text")
+    # A bundle directory as MODEL runs its compiled code (also images as --input, --rpc, --emulate).
+    from ._bundle_cli import add_device_arguments
+
+    add_device_arguments(parser)
 
 
 def load_model(spec: str) -> Loaded:
@@ -162,6 +166,10 @@ def top_k(graph, outputs: dict, k: int) -> list | None:
 
 
 def run(args) -> int:
+    from ._bundle_cli import is_bundle, run_bundle
+
+    if is_bundle(args.model):
+        return run_bundle(args)
     model = load_model(args.model)
     graph = model.graph
     feeds = read_inputs(args.input, graph)

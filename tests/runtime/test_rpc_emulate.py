@@ -86,6 +86,15 @@ def test_emulated_aarch64_verify_against_golden(emulation, tiny_bundle_aarch64, 
     np.testing.assert_allclose(out["logits"], expected, rtol=RTOL, atol=ATOL)
 
 
+def test_emulated_zoo_model_verifies_against_golden(emulation, digits_bundle_aarch64):
+    """digits-cnn compiled for aarch64, run under qemu: golden outputs come from the NumPy backend."""
+    bundle = emulate.open_emulated(digits_bundle_aarch64)
+    assert bundle.manifest["golden"]["reference"] == "numpy"
+    report = verify_golden(bundle, rtol=1e-4, atol=1e-4)
+    assert report.passed, report.table()
+    assert report.top1_agreement == 1.0
+
+
 def test_emulate_refuses_x86_bundle(emulation, tiny_bundle):
     with pytest.raises(BundleError, match="--emulate runs aarch64 CPU bundles"):
         emulate.open_emulated(tiny_bundle)

@@ -1,0 +1,121 @@
+"""Options and opening of bundles shared by ``run``, ``bench`` and ``verify``.
+
+Where a bundle runs: here (default), on a device through TVM RPC (``--rpc HOST:PORT``) or, for
+aarch64 bundles, under qemu-user (``--emulate``).
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from edgecnn.runtime.bundle import Bundle, set_threads
+from edgecnn.runtime.errors import InputError
+
+BUNDLE_MARKERS = ("manifest.json", "model.so")
+
+
+def is_bundle(spec) -> bool:
+    """A directory holding a bundle's manifest or library (an incomplete one is still a bundle)."""
+    path = Path(spec)
+    return path.is_dir() and any((path / name).exists() for name in BUNDLE_MARKERS)
+
+
+def add_device_arguments(parser, *, threads: bool = True) -> None:
+    group = parser.add_argument_group("where a bundle runs")
+    group.add_argument("--rpc", metavar="HOST:PORT",
+                       help="run on a device through TVM RPC; start the server there with "
+                            "`python -m tvm.exec.rpc_server --host 0.0.0.0 --port 9090`")
+    group.add_argument("--emulate", action="store_true",
+                       help="run an aarch64 bundle here under qemu-user (see `make aarch64-runtime`)")
+    if threads:
+        group.add_argument("--threads", type=int, metavar="N",
+                           help="CPU threads for TVM (default: every CPU this process may use)")
+
+
+def default_threads() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def open_bundle(path, args) -> Bundle:
+    """Open the bundle where the options say; progress goes to stderr."""
+    rpc = getattr(args, "rpc", None)
+    emulate = getattr(args, "emulate", False)
+    threads = getattr(args, "threads", None)
+    if threads is not None and threads < 1:
+        raise InputError(f"--threads must be at least 1. Received: threads={threads}")
+    if rpc and emulate:
+        raise InputError("--rpc and --emulate exclude each other: run on a remote device or under qemu, not both")
+    if rpc:
+        from edgecnn.runtime.rpc import open_remote
+
+        print(f"uploading {Path(path) / 'model.so'} to {rpc}", file=sys.stderr)
+        return open_remote(path, rpc, threads=threads)
+    if emulate:
+        from edgecnn.runtime.emulate import open_emulated
+
+        return open_emulated(path, threads=threads)
+    bundle = Bundle.open(path)
+    set_threads(threads if threads is not None else default_threads())
+    return bundle
+
+
+def where(args) -> str:
+    if getattr(args, "rpc", None):
+        return f"rpc {args.rpc}"
+    if getattr(args, "emulate", False):
+        return "qemu-aarch64"
+    return "local"
+
+
+def run_bundle(args) -> int:
+    """``edgecnn run BUNDLE --input FILE [-o OUT.npz]``: the compiled code on .npy/.npz/image inputs."""
+    import json
+    import time
+
+    import numpy as np
+
+    from edgecnn.runtime.images import read_inputs, top_k
+
+    bundle = open_bundle(args.model, args)
+    try:
+        feeds = read_inputs(args.input, bundle.inputs, bundle.preprocessing)
+        start = time.perf_counter()
+        outputs = bundle.run(feeds)
+        seconds = time.perf_counter() - start
+    finally:
+        bundle.close()
+    if args.output:
+        from ..fileio import atomic_path
+
+        if Path(args.output).suffix.lower() != ".npz":
+            raise InputError(f"-o must name an .npz file. Received: '{args.output}'")
+        with atomic_path(args.output) as tmp, open(tmp, "wb") as f:
+            np.savez(f, **outputs)
+    ranked = top_k(outputs, bundle.output_names, bundle.labels, getattr(args, "top", 5))
+    if getattr(args, "json", False):
+        print(json.dumps({
+            "model": bundle.model_name, "bundle": str(bundle.path), "backend": "tvm", "where": where(args),
+            "seconds": seconds, "inputs": {k: list(v.shape) for k, v in feeds.items()},
+            "outputs": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in outputs.items()},
+            "output_file": args.output, "top": ranked,
+        }, indent=1))
+        return 0
+    shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in feeds.items())
+    outs = ", ".join(f"{k} {tuple(v.shape)}" for k, v in outputs.items())
+    print(f"{bundle.model_name} bundle ({bundle.manifest['target'].get('preset')}, {where(args)}): "
+          f"{shapes} -> {outs} in {seconds * 1e3:.1f} ms")
+    if ranked:
+        for i, row in enumerate(ranked[:8]):
+            print(f"  sample {i}: " + ", ".join(f"{c['label']} {c['probability']:.3f}" for c in row))
+        if len(ranked) > 8:
+            print(f"  ... {len(ranked) - 8} more samples")
+    else:
+        for k, v in outputs.items():
+            print(f"  {k}: min {float(v.min()):.4g}, max {float(v.max()):.4g}, mean {float(v.mean()):.4g}")
+    if args.output:
+        print(f"wrote {args.output}", file=sys.stderr)
+    return 0

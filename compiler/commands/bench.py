@@ -1,0 +1,107 @@
+"""``edgecnn bench BUNDLE``: latency percentiles and throughput, optionally against onnxruntime.
+
+With ``--compare onnxruntime`` the bundle's ``model.onnx`` runs in onnxruntime in this process
+with the same thread count, on the same inputs, and the two are timed in interleaved rounds
+(timings on shared machines drift between runs, so a peer measured at the same time is the
+only fair reference). ``ratio_p50`` is edgecnn's p50 over onnxruntime's: below 1 is faster.
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+from edgecnn.runtime.bench import HEADER, bench_bundle, check_counts, summarize
+from edgecnn.runtime.errors import InputError
+
+from ._bundle_cli import add_device_arguments, default_threads, open_bundle, where
+
+HELP = "latency (p50/p90/p99/mean) and throughput of a bundle, optionally against onnxruntime"
+ROUNDS = 5
+
+
+def add_arguments(parser):
+    parser.add_argument("bundle", metavar="BUNDLE", help="a bundle directory from `edgecnn compile`")
+    parser.add_argument("--repeat", type=int, default=100, metavar="N", help="timed calls (default 100)")
+    parser.add_argument("--warmup", type=int, default=10, metavar="N", help="untimed calls first (default 10)")
+    parser.add_argument("--compare", choices=["onnxruntime"],
+                        help="also time onnxruntime on the bundle's model.onnx, same threads, same process")
+    parser.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
+    add_device_arguments(parser)
+
+
+def _onnxruntime_session(bundle, threads: int):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    try:
+        return ort.InferenceSession(str(bundle.path / "model.onnx"), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime's exception types are not importable in a stable way
+        raise InputError(f"onnxruntime cannot load {bundle.path / 'model.onnx'}: "
+                         f"{str(exc).strip().splitlines()[0]}") from None
+
+
+def _time_onnxruntime(session, feeds, repeat: int, warmup: int) -> list[float]:
+    import time
+
+    for _ in range(warmup):
+        session.run(None, feeds)
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        session.run(None, feeds)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def _split(total: int, parts: int) -> list[int]:
+    parts = max(1, min(parts, total))
+    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
+
+
+def run(args) -> int:
+    check_counts(args.repeat, args.warmup)
+    if args.compare and (args.rpc or args.emulate):
+        raise InputError("--compare onnxruntime runs onnxruntime in this process, so it compares only with a "
+                         "local run; drop --rpc/--emulate")
+    bundle = open_bundle(args.bundle, args)
+    threads = args.threads if args.threads is not None else (None if (args.rpc or args.emulate)
+                                                            else default_threads())
+    print(f"benchmarking {bundle.model_name} ({where(args)}, batch {bundle.batch}, threads {threads or 'default'}, "
+          f"{args.repeat} calls after {args.warmup} warm-up)", file=sys.stderr)
+    result: dict
+    if not args.compare:
+        stats = bench_bundle(bundle, repeat=args.repeat, warmup=args.warmup, threads=threads)
+        result = stats.to_dict()
+        rows = [stats.row("edgecnn")]
+    else:
+        session = _onnxruntime_session(bundle, threads)
+        feeds = {name: bundle.golden_inputs[name] for name in bundle.input_names}
+        edge_times: list[float] = []
+        ort_times: list[float] = []
+        bundle.time(repeat=1, warmup=args.warmup)
+        _time_onnxruntime(session, feeds, 1, args.warmup)
+        for count in _split(args.repeat, ROUNDS):
+            edge_times += bundle.time(repeat=count, warmup=1)
+            ort_times += _time_onnxruntime(session, feeds, count, 1)
+        stats = summarize(edge_times, batch=bundle.batch, threads=threads)
+        peer = summarize(ort_times, batch=bundle.batch, threads=threads)
+        result = stats.to_dict()
+        result["onnxruntime"] = peer.to_dict()
+        result["ratio_p50"] = stats.p50_ms / peer.p50_ms
+        rows = [stats.row("edgecnn"), peer.row("onnxruntime")]
+    result.update(model=bundle.model_name, bundle=str(bundle.path), where=where(args),
+                  target=bundle.manifest["target"].get("preset"), executor=bundle.executor.description)
+    bundle.close()
+    if args.json:
+        print(json.dumps(result, indent=1))
+        return 0
+    print(HEADER)
+    for row in rows:
+        print(row)
+    if args.compare:
+        print(f"ratio p50 edgecnn/onnxruntime: {result['ratio_p50']:.2f} "
+              f"({'faster' if result['ratio_p50'] < 1 else 'slower'} than onnxruntime)")
+    return 0
