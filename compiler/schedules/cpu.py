@@ -1,0 +1,813 @@
+"""Default CPU schedules: fast untuned code for every layer of a CNN, chosen from its shapes.
+
+TVM 0.27's zero pipeline legalizes and fuses but schedules nothing on CPU, so every layer
+runs as scalar, single-thread loops (50-70x slower than onnxruntime). This module rewrites
+the Relax module and schedules each fused PrimFunc with TVM's own primitives, no search:
+
+* Layout: ``ConvertLayout`` puts each convolution whose channel counts divide the vector
+  width into a blocked layout (NCHW{b}c activations, OIHW{b}i{b}o weights, ``b`` = the
+  target's fp32 lanes: 16 for AVX-512, 8 for AVX2, 4 for NEON/SSE). Elementwise ops,
+  pooling and reductions between two blocked convolutions follow the layout, so activations
+  are converted only where the graph leaves the blocked region. The weight repack is a
+  ``layout_transform`` of a constant, folded at compile time by ``FoldConstant``.
+* ``conv2d_nchwc`` (our legalization of a blocked conv): direct convolution, a register
+  tile of ``reg_w`` output columns x one vector of output channels, accumulators in a local
+  buffer, reduction loops over input-channel chunks, kernel rows/columns and the channels
+  of one block (one weight vector load, ``reg_w`` broadcasts, ``reg_w`` FMAs per step);
+  bias, activation and any elementwise epilogue inlined into the store; outer loops fused
+  and parallel.
+* Convolutions left in NCHW (3-channel first layers, channel counts that do not divide the
+  block, grouped and depthwise): the same register tiling over output channels x a vector
+  of output columns.
+* Everything else (pooling, global pooling, dense, layout transforms, elementwise, padding):
+  fused outer loops run in parallel, the innermost contiguous axis is vectorized; spatial
+  axes of a reduction are moved inside it so they vectorize.
+
+A rule that does not recognise a function returns None and leaves it to the next one; a
+schedule primitive that refuses (TVM checks each one) makes the rule give up on that
+function rather than emit anything unchecked. The last rule always succeeds or leaves the
+function as the zero pipeline made it.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import tvm
+from tvm.sym.analyzer import Analyzer as _Analyzer
+from tvm import relax, s_tir, te, tirx, topi
+from tvm.relax.transform.legalize_ops.nn import _nn_conv2d as _default_conv2d_legalize
+from tvm.s_tir import dlight
+from tvm.s_tir.dlight.base import ScheduleRule
+from tvm.target import Target
+
+_LOG = logging.getLogger(__name__)
+
+# Name of the compute block our blocked-conv legalization emits; the conv rule looks for it.
+NCHWC_CONV_BLOCK = "conv2d_nchwc"
+NCHWC_DEPTHWISE_BLOCK = "depthwise_conv2d_nchwc"
+
+_AVX512_CPUS = ("skylake-avx512", "cascadelake", "cooperlake", "icelake", "tigerlake",
+                "sapphirerapids", "emeraldrapids", "graniterapids", "rocketlake",
+                "cannonlake", "znver4", "znver5", "x86-64-v4", "knl", "knm")
+_AVX2_CPUS = ("haswell", "broadwell", "skylake", "alderlake", "raptorlake", "meteorlake",
+              "znver1", "znver2", "znver3", "x86-64-v3", "core-avx2", "arrowlake", "lunarlake")
+
+# Largest register tile of output columns: 14 accumulators + weight + broadcast fit the 32
+# vector registers of AVX-512 and NEON; AVX2 has 16, so it gets fewer columns.
+_MAX_REG_W = {16: 14, 8: 12, 4: 12}
+
+
+def _as_target(target) -> Target:
+    if isinstance(target, Target):
+        return target
+    return Target(target)
+
+
+def vector_lanes(target) -> int:
+    """fp32 lanes of the target's widest vector unit: 16 (AVX-512), 8 (AVX2), 4 (NEON, SSE)."""
+    target = _as_target(target)
+    attrs = target.attrs
+    mcpu = str(attrs.get("mcpu", "") or "").lower()
+    mattr = [str(a).lower() for a in (attrs.get("mattr", None) or [])]
+    mtriple = str(attrs.get("mtriple", "") or "").lower()
+    if mtriple.startswith(("aarch64", "arm")) or "+neon" in mattr:
+        return 4
+    if "+avx512f" in mattr or any(mcpu.startswith(c) for c in _AVX512_CPUS):
+        return 16
+    if "+avx2" in mattr or any(mcpu.startswith(c) for c in _AVX2_CPUS):
+        return 8
+    return 4
+
+
+def host_vector_lanes() -> int:
+    """fp32 lanes this machine's CPU offers (from /proc/cpuinfo flags)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as handle:
+            text = handle.read()
+    except OSError:
+        return 4
+    flags = set(re.findall(r"\b(avx512f|avx2|asimd|neon)\b", text))
+    if "avx512f" in flags:
+        return 16
+    if "avx2" in flags:
+        return 8
+    return 4
+
+
+# --------------------------------------------------------------------------------------
+# Relax level: blocked layout and our legalization of the blocked convolution
+# --------------------------------------------------------------------------------------
+
+
+def _blocked_conv_te(data, kernel, strides, padding, dilation):
+    """Direct convolution in NCHW{b}c x OIHW{b}i{b}o -> NCHW{b}c, groups = 1.
+
+    out[n, oc, y, x, ob] = sum over (ic, ky, kx, ib) of
+        pad(data)[n, ic, y*sy + ky*dy, x*sx + kx*dx, ib] * kernel[oc, ic, ky, kx, ib, ob]
+    The input-channel reduction is split into chunk and block (two axes) so the schedule can
+    place the in-block channels innermost without index arithmetic.
+    """
+    batch, in_chunks, height, width, in_block = (int(v) for v in data.shape)
+    out_chunks, kernel_chunks, kernel_h, kernel_w, kernel_block, out_block = (
+        int(v) for v in kernel.shape)
+    if kernel_chunks != in_chunks or kernel_block != in_block:
+        raise ValueError(
+            "blocked conv: kernel input channels must match the data's. "
+            f"Received: data={tuple(data.shape)}, kernel={tuple(kernel.shape)}")
+    pad_top, pad_left, pad_bottom, pad_right = (int(p) for p in padding)
+    stride_h, stride_w = (int(s) for s in strides)
+    dil_h, dil_w = (int(d) for d in dilation)
+    out_h = (height + pad_top + pad_bottom - (kernel_h - 1) * dil_h - 1) // stride_h + 1
+    out_w = (width + pad_left + pad_right - (kernel_w - 1) * dil_w - 1) // stride_w + 1
+    if pad_top or pad_left or pad_bottom or pad_right:
+        padded = topi.nn.pad(data, (0, 0, pad_top, pad_left, 0),
+                             (0, 0, pad_bottom, pad_right, 0), name="data_pad")
+    else:
+        padded = data
+    r_chunk = te.reduce_axis((0, in_chunks), "ic_chunk")
+    r_y = te.reduce_axis((0, kernel_h), "ky")
+    r_x = te.reduce_axis((0, kernel_w), "kx")
+    r_block = te.reduce_axis((0, in_block), "ic_block")
+    return te.compute(
+        (batch, out_chunks, out_h, out_w, out_block),
+        lambda n, oc, y, x, ob: te.sum(
+            padded[n, r_chunk, y * stride_h + r_y * dil_h, x * stride_w + r_x * dil_w, r_block]
+            * kernel[oc, r_chunk, r_y, r_x, r_block, ob],
+            axis=[r_chunk, r_y, r_x, r_block]),
+        name=NCHWC_CONV_BLOCK)
+
+
+def _blocked_depthwise_te(data, kernel, strides, padding, dilation):
+    """Depthwise convolution in NCHW{b}c x (C/b, 1, KH, KW, 1, b) -> NCHW{b}c.
+
+    out[n, c, y, x, cb] = sum over (ky, kx) of
+        pad(data)[n, c, y*sy + ky*dy, x*sx + kx*dx, cb] * kernel[c, 0, ky, kx, 0, cb]
+    """
+    batch, chunks, height, width, block = (int(v) for v in data.shape)
+    k_chunks, k_one, kernel_h, kernel_w, k_one_b, k_block = (int(v) for v in kernel.shape)
+    if (k_chunks, k_one, k_one_b, k_block) != (chunks, 1, 1, block):
+        raise ValueError(
+            "blocked depthwise conv: kernel must be (C/b, 1, KH, KW, 1, b) for data "
+            f"(N, C/b, H, W, b). Received: data={tuple(data.shape)}, kernel={tuple(kernel.shape)}")
+    pad_top, pad_left, pad_bottom, pad_right = (int(p) for p in padding)
+    stride_h, stride_w = (int(s) for s in strides)
+    dil_h, dil_w = (int(d) for d in dilation)
+    out_h = (height + pad_top + pad_bottom - (kernel_h - 1) * dil_h - 1) // stride_h + 1
+    out_w = (width + pad_left + pad_right - (kernel_w - 1) * dil_w - 1) // stride_w + 1
+    if pad_top or pad_left or pad_bottom or pad_right:
+        padded = topi.nn.pad(data, (0, 0, pad_top, pad_left, 0),
+                             (0, 0, pad_bottom, pad_right, 0), name="data_pad")
+    else:
+        padded = data
+    r_y = te.reduce_axis((0, kernel_h), "ky")
+    r_x = te.reduce_axis((0, kernel_w), "kx")
+    return te.compute(
+        (batch, chunks, out_h, out_w, block),
+        lambda n, c, y, x, cb: te.sum(
+            padded[n, c, y * stride_h + r_y * dil_h, x * stride_w + r_x * dil_w, cb]
+            * kernel[c, 0, r_y, r_x, 0, cb],
+            axis=[r_y, r_x]),
+        name=NCHWC_DEPTHWISE_BLOCK)
+
+
+_BLOCKED = re.compile(r"^NCHW(\d+)c$")
+
+
+def _legalize_conv2d(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
+    attrs = call.attrs
+    data_match = _BLOCKED.match(str(attrs.data_layout))
+    plain_dtype = not attrs.out_dtype or str(attrs.out_dtype) in ("", "float32")
+    out_match = _BLOCKED.match(str(attrs.out_layout))
+    if data_match is None or out_match is None or not plain_dtype:
+        return _default_conv2d_legalize(bb, call)
+    block = int(data_match.group(1))
+    channels = int(call.args[0].ty.shape[1]) * block
+    args = (list(attrs.strides), list(attrs.padding), list(attrs.dilation))
+    if int(attrs.groups) == 1 and re.match(r"^OIHW\d+i\d+o$", str(attrs.kernel_layout)):
+        return bb.call_te(_blocked_conv_te, call.args[0], call.args[1], *args,
+                          primfunc_name_hint="conv2d_nchwc")
+    if (int(attrs.groups) == channels and str(attrs.kernel_layout) == f"OIHW1i{block}o"
+            and out_match.group(1) == data_match.group(1)):
+        return bb.call_te(_blocked_depthwise_te, call.args[0], call.args[1], *args,
+                          primfunc_name_hint="depthwise_conv2d_nchwc")
+    return _default_conv2d_legalize(bb, call)
+
+
+def _largest_divisor(value: int, limit: int) -> int:
+    for cand in range(min(value, limit), 0, -1):
+        if value % cand == 0:
+            return cand
+    return 1
+
+
+def _static_shape(expr) -> list[int] | None:
+    shape = getattr(expr.ty, "shape", None)
+    if shape is None:
+        return None
+    try:
+        return [int(v) for v in shape]
+    except (TypeError, ValueError):
+        return None
+
+
+def _to_blocked_map(block: int):
+    return lambda n, c, h, w: (n, c // block, h, w, c % block)
+
+
+def _to_plain_map(block: int):
+    return lambda n, c, h, w, b: (n, c * block + b, h, w)
+
+
+def _layout_kind(call: relax.Call) -> tuple[str, int] | None:
+    """('to_plain', b) for NCHW{b}c -> NCHW, ('to_blocked', b) for NCHW -> NCHW{b}c, else None.
+
+    Checked on the shapes and on sample indices of the index map, so a transpose or any other
+    transform is never mistaken for one of these two."""
+    if not isinstance(call, relax.Call) or not isinstance(call.op, tvm.ir.Op):
+        return None
+    if call.op.name != "relax.layout_transform" or call.attrs.pad_value is not None:
+        return None
+    src = _static_shape(call.args[0])
+    dst = _static_shape(call)
+    if src is None or dst is None:
+        return None
+    index_map = call.attrs.index_map
+    if len(src) == 5 and len(dst) == 4 and dst == [src[0], src[1] * src[4], src[2], src[3]]:
+        kind, block, expected = "to_plain", src[4], _to_plain_map(src[4])
+    elif len(src) == 4 and len(dst) == 5 and dst[4] > 0 and src[1] == dst[1] * dst[4]:
+        kind, block, expected = "to_blocked", dst[4], _to_blocked_map(dst[4])
+    else:
+        return None
+    analyzer = _Analyzer()
+    for sample in ((0, 0, 0, 0, 0), (1, 3, 2, 5, 7), (2, 17, 4, 1, 3)):
+        point = [tvm.tirx.IntImm("int64", v % max(d, 1)) for v, d in zip(sample, src)]
+        got = [int(analyzer.simplify(e)) for e in index_map.map_indices(point)]
+        want = [int(v) for v in expected(*[int(p) for p in point])]
+        if got != want:
+            return None
+    return kind, block
+
+
+_UNARY_ELEMENTWISE = frozenset({
+    "relax.nn.relu", "relax.clip", "relax.sigmoid", "relax.tanh", "relax.nn.silu",
+    "relax.nn.gelu", "relax.nn.leakyrelu", "relax.nn.relu6", "relax.exp", "relax.negative",
+    "relax.sqrt", "relax.abs"})
+_BINARY_ELEMENTWISE = frozenset({
+    "relax.add", "relax.subtract", "relax.multiply", "relax.divide", "relax.maximum",
+    "relax.minimum"})
+_POOLS = {"relax.nn.max_pool2d": relax.op.nn.max_pool2d,
+          "relax.nn.avg_pool2d": relax.op.nn.avg_pool2d}
+
+
+@relax.expr_functor.mutator
+class _BlockRemaining(relax.PyExprMutator):
+    """After ConvertLayout: put the convolutions it left in NCHW (first layers, channel counts
+    that do not divide the vector, depthwise) into per-layer blocked layouts, and move
+    NCHW{b}c -> NCHW transforms down through elementwise ops and pooling so that they meet
+    their inverse and cancel. Every rewrite keeps the math: only layouts change."""
+
+    def __init__(self, mod: tvm.IRModule, lanes: int):
+        super().__init__(mod)
+        self.module = mod
+        self.lanes = lanes
+
+    def transform(self) -> tvm.IRModule:
+        for g_var, func in self.module.functions_items():
+            if isinstance(func, relax.Function):
+                self.builder_.update_func(g_var, self.visit_expr(func))
+        return self.builder_.get()
+
+    # -- helpers -------------------------------------------------------------------------
+    def _plain_source(self, expr) -> tuple[relax.Expr, int] | None:
+        """If ``expr`` is (bound to) NCHW{b}c -> NCHW of some y, return (y, b)."""
+        value = expr
+        if isinstance(expr, relax.Var):
+            bound = self.lookup_binding(expr)
+            if bound is not None:
+                value = bound
+        kind = _layout_kind(value)
+        if kind is not None and kind[0] == "to_plain":
+            return value.args[0], kind[1]
+        return None
+
+    def _to_blocked(self, expr, block: int) -> relax.Expr:
+        source = self._plain_source(expr)
+        if source is not None and source[1] == block:
+            return source[0]
+        return self.builder_.emit(relax.op.layout_transform(expr, _to_blocked_map(block)))
+
+    def _to_plain(self, expr, block: int) -> relax.Expr:
+        return relax.op.layout_transform(self.builder_.emit(expr), _to_plain_map(block))
+
+    def _scalar_minmax_op(self, call):
+        """The Relax op for ``call_tir(f, (x, s))`` when f is exactly ``max(x[i...], s[])`` or
+        ``min(...)`` (how the ONNX frontend emits Clip), else None."""
+        if call.op.name != "relax.call_tir" or len(call.args) < 2:
+            return None
+        args = call.args[1]
+        if not isinstance(call.args[0], relax.GlobalVar) or not isinstance(args, relax.Tuple) \
+                or len(args.fields) != 2 or _static_shape(args.fields[1]) != []:
+            return None
+        func = self.module[call.args[0]] if call.args[0] in self.module.get_global_vars() else None
+        if not isinstance(func, tirx.PrimFunc) or len(func.params) != 3:
+            return None
+        try:
+            sch = s_tir.Schedule(func)
+            blocks = _root_blocks(sch)
+        except Exception:  # pylint: disable=broad-except
+            return None
+        if len(blocks) != 1:
+            return None
+        store = sch.get(blocks[0]).body
+        value = getattr(store, "value", None)
+        kind = {"Max": relax.op.maximum, "Min": relax.op.minimum}.get(type(value).__name__)
+        if kind is None:
+            return None
+        load_x, load_s = value.a, value.b
+        if not hasattr(load_x, "source") or not hasattr(load_s, "source"):
+            return None  # not two plain tensor loads
+        if not load_x.source.same_as(func.params[0]) or not load_s.source.same_as(func.params[1]) \
+                or len(load_s.indices) != 0 or not store.buffer.same_as(func.params[2]):
+            return None
+        iter_vars = [iv.var for iv in sch.get(blocks[0]).iter_vars]
+        if len(load_x.indices) != len(iter_vars) or any(
+                not idx.same_as(var) for idx, var in zip(load_x.indices, iter_vars)):
+            return None
+        return kind(args.fields[0], args.fields[1])
+
+    # -- rewrites --------------------------------------------------------------------------
+    def visit_call_(self, call):  # pylint: disable=arguments-renamed
+        call = super().visit_call_(call)
+        if not isinstance(call.op, tvm.ir.Op):
+            return call
+        if call.op.name == "relax.call_tir" and \
+                self._plain_source(call.args[1].fields[0] if isinstance(call.args[1], relax.Tuple)
+                                   and call.args[1].fields else call.args[1]) is not None:
+            as_op = self._scalar_minmax_op(call)
+            if as_op is None:
+                return call
+            call = self.builder_.normalize(as_op)
+        name = call.op.name
+        if name == "relax.nn.conv2d":
+            return self._conv(call)
+        if name == "relax.layout_transform":
+            kind = _layout_kind(call)
+            source = self._plain_source(call.args[0])
+            if kind is not None and kind[0] == "to_blocked" and source is not None \
+                    and source[1] == kind[1]:
+                return source[0]
+            return call
+        if name in _UNARY_ELEMENTWISE:
+            source = self._plain_source(call.args[0])
+            if source is None:
+                return call
+            inner = relax.Call(call.op, [source[0], *call.args[1:]], call.attrs)
+            return self._to_plain(inner, source[1])
+        if name in _BINARY_ELEMENTWISE:
+            return self._binary(call)
+        if name in _POOLS:
+            return self._pool(call)
+        return call
+
+    def _binary(self, call):
+        lhs, rhs = call.args[0], call.args[1]
+        left, right = self._plain_source(lhs), self._plain_source(rhs)
+        out_shape = _static_shape(call)
+        if out_shape is None or len(out_shape) != 4:
+            return call
+        if left is not None and right is not None and left[1] == right[1]:
+            if _static_shape(lhs) != _static_shape(rhs):
+                return call
+            return self._to_plain(relax.Call(call.op, [left[0], right[0]], call.attrs), left[1])
+        source, other, source_first = (left, rhs, True) if left is not None else (right, lhs, False)
+        if isinstance(other, relax.Var) and self.lookup_binding(other) is not None:
+            other = self.lookup_binding(other)
+        if source is None or not isinstance(other, tvm.ir.expr.Constant):
+            return call
+        other_shape = _static_shape(other)
+        channels = out_shape[1]
+        block = source[1]
+        if other_shape is not None and all(d == 1 for d in other_shape) and len(other_shape) <= 4:
+            scalar = relax.op.reshape(other, []) if other_shape else other
+            args = [source[0], scalar] if source_first else [scalar, source[0]]
+            return self._to_plain(relax.Call(call.op, args, call.attrs), block)
+        if other_shape is None or other_shape not in ([1, channels, 1, 1], [channels, 1, 1]):
+            return call
+        const4 = other if len(other_shape) == 4 else relax.op.reshape(other, [1, channels, 1, 1])
+        blocked = self.builder_.emit(relax.op.layout_transform(const4, _to_blocked_map(block)))
+        args = [source[0], blocked] if source_first else [blocked, source[0]]
+        return self._to_plain(relax.Call(call.op, args, call.attrs), block)
+
+    def _pool(self, call):
+        attrs = call.attrs
+        source = self._plain_source(call.args[0])
+        if source is None or str(attrs.layout) != "NCHW" or str(attrs.out_layout) != "NCHW":
+            return call
+        block = source[1]
+        layout = f"NCHW{block}c"
+        make = _POOLS[call.op.name]
+        kwargs = dict(pool_size=list(attrs.pool_size), strides=list(attrs.strides),
+                      padding=list(attrs.padding), dilation=list(attrs.dilation),
+                      ceil_mode=bool(attrs.ceil_mode), layout=layout, out_layout=layout)
+        if call.op.name == "relax.nn.avg_pool2d":
+            kwargs["count_include_pad"] = bool(attrs.count_include_pad)
+        return self._to_plain(make(source[0], **kwargs), block)
+
+    def _conv(self, call):
+        attrs = call.attrs
+        if (str(attrs.data_layout) != "NCHW" or str(attrs.kernel_layout) != "OIHW"
+                or str(attrs.out_layout) != "NCHW"
+                or (attrs.out_dtype and str(attrs.out_dtype) not in ("", "float32"))):
+            return call
+        data_shape = _static_shape(call.args[0])
+        weight_shape = _static_shape(call.args[1])
+        if data_shape is None or weight_shape is None or call.args[0].ty.dtype != "float32":
+            return call
+        in_channels, out_channels, groups = data_shape[1], weight_shape[0], int(attrs.groups)
+        conv_args = dict(strides=list(attrs.strides), padding=list(attrs.padding),
+                         dilation=list(attrs.dilation))
+        if groups == 1:
+            in_block = _largest_divisor(in_channels, self.lanes)
+            out_block = (self.lanes if out_channels % self.lanes == 0
+                         else _largest_divisor(out_channels, self.lanes))
+            data = self._to_blocked(call.args[0], in_block)
+            weight = self.builder_.emit(relax.op.layout_transform(
+                call.args[1],
+                lambda o, i, h, w: (o // out_block, i // in_block, h, w, i % in_block,
+                                    o % out_block)))
+            conv = relax.op.nn.conv2d(
+                data, weight, **conv_args, data_layout=f"NCHW{in_block}c",
+                kernel_layout=f"OIHW{in_block}i{out_block}o", out_layout=f"NCHW{out_block}c")
+            return self._to_plain(conv, out_block)
+        if groups == in_channels == out_channels and weight_shape[1] == 1:
+            block = _largest_divisor(in_channels, self.lanes)
+            data = self._to_blocked(call.args[0], block)
+            weight = self.builder_.emit(relax.op.layout_transform(
+                call.args[1],
+                lambda o, i, h, w: (o // block, i, h, w, tvm.tirx.IntImm("int64", 0), o % block)))
+            conv = relax.op.nn.conv2d(
+                data, weight, **conv_args, groups=groups, data_layout=f"NCHW{block}c",
+                kernel_layout=f"OIHW1i{block}o", out_layout=f"NCHW{block}c")
+            return self._to_plain(conv, block)
+        return call
+
+
+def block_remaining(lanes: int):
+    """Module pass form of :class:`_BlockRemaining`."""
+
+    @tvm.transform.module_pass(opt_level=0, name="EdgecnnBlockRemaining")
+    def _pass(mod, _ctx):
+        return _BlockRemaining(mod, lanes).transform()
+
+    return _pass
+
+
+def layout_passes(lanes: int) -> list:
+    """Relax passes before scheduling: inference-only ops, blocked layouts, legalization with
+    our blocked convolutions, constant folding (weight repacks happen here), fusion."""
+    block = lanes
+    return [
+        relax.transform.DecomposeOpsForInference(),
+        relax.transform.CanonicalizeBindings(),
+        relax.transform.FoldConstant(),
+        relax.transform.ConvertLayout(
+            {"relax.nn.conv2d": [f"NCHW{block}c", f"OIHW{block}i{block}o"]}),
+        block_remaining(lanes),
+        relax.transform.DeadCodeElimination(),
+        relax.transform.LegalizeOps(customize_legalize_map={"relax.nn.conv2d": _legalize_conv2d}),
+        relax.transform.AnnotateTIROpPattern(),
+        relax.transform.FoldConstant(),
+        relax.transform.FuseOps(),
+        relax.transform.FuseTIR(),
+    ]
+
+
+# --------------------------------------------------------------------------------------
+# TIR level: helpers
+# --------------------------------------------------------------------------------------
+
+_DATA_PAR = 0
+_REDUCE = 2
+
+
+def _iters(sch: s_tir.Schedule, block) -> list:
+    return list(sch.get(block).iter_vars)
+
+
+def _is_spatial(sch, block) -> bool:
+    return all(int(iv.iter_type) == _DATA_PAR for iv in _iters(sch, block))
+
+
+def _extent(loop_or_iv) -> int | None:
+    dom = loop_or_iv.dom if hasattr(loop_or_iv, "dom") else loop_or_iv
+    ext = dom.extent if hasattr(dom, "extent") else loop_or_iv.extent
+    return int(ext) if isinstance(ext, tirx.IntImm) else None
+
+
+def _loop_extent(sch, loop) -> int | None:
+    ext = sch.get(loop).extent
+    return int(ext) if isinstance(ext, tirx.IntImm) else None
+
+
+def _root_blocks(sch: s_tir.Schedule) -> list:
+    root = sch.get_sblock("root") if _has_block(sch, "root") else None
+    if root is not None:
+        return list(sch.get_child_blocks(root))
+    return []
+
+
+def _has_block(sch, name) -> bool:
+    try:
+        sch.get_sblock(name)
+    except Exception:  # pylint: disable=broad-except
+        return False
+    return True
+
+
+def _try(fn, *args) -> bool:
+    """Apply one schedule primitive; TVM verifies it and raises when it does not apply."""
+    try:
+        fn(*args)
+    except Exception:  # pylint: disable=broad-except
+        return False
+    return True
+
+
+def _best_tile(extent: int, limit: int) -> int:
+    """A register tile for ``extent`` output columns: a divisor in [limit/2, limit] when one
+    exists (no remainder), else ``limit`` itself (the split leaves a guarded tail)."""
+    if extent <= limit:
+        return extent
+    for tile in range(limit, max(limit // 2, 1) - 1, -1):
+        if extent % tile == 0:
+            return tile
+    return limit
+
+
+def _inline_epilogue(sch, producer) -> object:
+    """Inline every elementwise consumer chain of ``producer`` into it; return the last block."""
+    current = producer
+    while True:
+        consumers = list(sch.get_consumers(current))
+        if len(consumers) != 1:
+            return current
+        consumer = consumers[0]
+        if not _is_spatial(sch, consumer):
+            return current
+        if not _try(sch.reverse_compute_inline, consumer):
+            return current
+        # the inlined block's work now lives in ``current``; keep going down the chain
+
+
+def _schedule_spatial(sch, block, lanes: int) -> None:
+    """Parallel outer loops and a vectorized innermost axis for an elementwise/injective block."""
+    loops = sch.get_loops(block)
+    if not loops:
+        return
+    inner_extent = _loop_extent(sch, loops[-1])
+    fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
+    total = _loop_extent(sch, fused)
+    if total is None:
+        sch.parallel(fused)
+        return
+    vec = 0
+    if inner_extent and inner_extent % lanes == 0:
+        vec = lanes
+    elif inner_extent and inner_extent >= 4 and total % inner_extent == 0 and inner_extent <= 4 * lanes:
+        vec = inner_extent
+    if vec and total > vec:
+        outer, inner = sch.split(fused, [None, vec])
+        if total // vec >= 2:
+            sch.parallel(outer)
+        sch.vectorize(inner)
+    elif vec:
+        sch.vectorize(fused)
+    elif total >= 64:
+        sch.parallel(fused)
+
+
+def _schedule_reduction(sch, block, lanes: int) -> None:
+    """Parallel spatial loops; the innermost spatial axis moved inside the reduction and
+    vectorized (pooling over NCHWc channels, dense over output units); init split off."""
+    iters = _iters(sch, block)
+    loops = sch.get_loops(block)
+    if len(loops) != len(iters):
+        return
+    spatial = [l for l, iv in zip(loops, iters) if int(iv.iter_type) == _DATA_PAR]
+    reduce = [l for l, iv in zip(loops, iters) if int(iv.iter_type) == _REDUCE]
+    if not spatial or not reduce or len(spatial) + len(reduce) != len(loops):
+        return
+    inner = spatial[-1]
+    inner_extent = _loop_extent(sch, inner)
+    vectorize = inner_extent is not None and 2 <= inner_extent <= 64 and len(spatial) >= 1
+    outer = spatial[:-1] if vectorize else spatial
+    order = outer + reduce + ([inner] if vectorize else [])
+    sch.reorder(*order)
+    if outer:
+        fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
+        extent = _loop_extent(sch, fused)
+        if extent is None or extent >= 2:
+            sch.parallel(fused)
+    if vectorize:
+        if inner_extent > lanes and inner_extent % lanes == 0:
+            vo, vi = sch.split(inner, [None, lanes])
+            sch.unroll(vo)
+            sch.vectorize(vi)
+        else:
+            sch.vectorize(inner)
+    sch.decompose_reduction(block, reduce[0])
+
+
+# --------------------------------------------------------------------------------------
+# TIR level: rules
+# --------------------------------------------------------------------------------------
+
+
+class _SafeRule(ScheduleRule):
+    """Runs ``schedule`` on a fresh Schedule; any refused primitive means 'not mine'."""
+
+    def __init__(self, lanes: int | None = None):
+        self.lanes = lanes
+
+    def _lanes(self, target) -> int:
+        return self.lanes or vector_lanes(target)
+
+    def apply(self, func, target, tunable):  # noqa: D102 - see ScheduleRule
+        if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
+            return None
+        sch = s_tir.Schedule(func)
+        try:
+            done = self.schedule(sch, self._lanes(target))
+        except Exception as exc:  # pylint: disable=broad-except
+            _LOG.debug("%s left %s unscheduled: %s", type(self).__name__,
+                       func.attrs.get("global_symbol", "?") if func.attrs else "?", exc)
+            return None
+        return sch if done else None
+
+    def schedule(self, sch, lanes) -> bool:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class BlockedConv(_SafeRule):
+    """Direct (or depthwise) convolution in NCHW{b}c: a register tile of output columns x one
+    vector of output channels, accumulated in registers, epilogue fused into the store."""
+
+    def schedule(self, sch, lanes) -> bool:
+        name = next((n for n in (NCHWC_CONV_BLOCK, NCHWC_DEPTHWISE_BLOCK) if _has_block(sch, n)),
+                    None)
+        if name is None:
+            return False
+        conv = sch.get_sblock(name)
+        iters = _iters(sch, conv)
+        n_reduce = len(iters) - 5
+        kinds = [int(iv.iter_type) for iv in iters]
+        if n_reduce not in (2, 4) or kinds != [_DATA_PAR] * 5 + [_REDUCE] * n_reduce:
+            return False
+        out_w = _extent(iters[3])
+        out_block = _extent(iters[4])
+        limit = _MAX_REG_W.get(lanes, 12)
+        if out_block > lanes:
+            limit = max(limit * lanes // out_block, 4)
+        reg_w = _best_tile(out_w, limit)
+        others = _other_block_names(sch, conv)
+        sch.cache_write(conv, 0, "local")
+        copy = sch.get_consumers(conv)[0]
+        out = _inline_epilogue(sch, copy)
+        loops = sch.get_loops(out)
+        if len(loops) != 5:
+            return False
+        n, oc, y, x, ob = loops
+        x_out, x_in = sch.split(x, [None, reg_w])
+        sch.reorder(n, oc, y, x_out, x_in, ob)
+        outer = sch.fuse(n, oc, y)
+        sch.parallel(outer)
+        sch.vectorize(ob)
+        sch.compute_at(conv, x_out)
+        # compute_at drops unit loops: [outer, x_out, (x tile), channel vector, reductions]
+        loops = sch.get_loops(conv)
+        reduce = loops[-n_reduce:]
+        tile = loops[2:-n_reduce]
+        sch.reorder(*reduce, *tile)
+        if len(tile) > 1:
+            sch.unroll(tile[-2])
+        sch.vectorize(tile[-1])
+        sch.decompose_reduction(conv, reduce[0])
+        _schedule_remaining(sch, others, lanes)
+        return True
+
+
+def _other_block_names(sch, main) -> list[str]:
+    main_name = str(sch.get(main).name_hint)
+    return [str(sch.get(b).name_hint) for b in _root_blocks(sch)
+            if str(sch.get(b).name_hint) != main_name]
+
+
+def _schedule_remaining(sch, names, lanes) -> None:
+    """Give the blocks outside the main loop nest (padding, epilogues that could not be
+    inlined) their own parallel, vectorized loops."""
+    for name in names:
+        if not _has_block(sch, name):
+            continue  # inlined into the main nest
+        _schedule_other(sch, sch.get_sblock(name), lanes)
+
+
+def _schedule_other(sch, block, lanes) -> None:
+    if _is_spatial(sch, block):
+        _schedule_spatial(sch, block, lanes)
+    else:
+        _schedule_reduction(sch, block, lanes)
+
+
+class PlainConv(_SafeRule):
+    """A convolution left in NCHW (first layers, odd channel counts, grouped, depthwise):
+    register tile of output channels x one vector of output columns."""
+
+    def schedule(self, sch, lanes) -> bool:
+        convs = [b for b in _root_blocks(sch) if not _is_spatial(sch, b)]
+        if len(convs) != 1:
+            return False
+        conv = convs[0]
+        iters = _iters(sch, conv)
+        kinds = [int(iv.iter_type) for iv in iters]
+        if kinds != [_DATA_PAR] * 4 + [_REDUCE] * 3:
+            return False
+        writes = sch.get(conv).writes
+        if len(writes) != 1 or len(writes[0].buffer.shape) != 4:
+            return False
+        reads = [r.buffer for r in sch.get(conv).reads]
+        if not any(len(b.shape) == 4 for b in reads) or len(reads) != 2:
+            return False
+        channels = _extent(iters[1])
+        out_w = _extent(iters[3])
+        vec = lanes if out_w >= lanes else out_w
+        oc_tile = 1
+        for cand in (8, 6, 4, 3, 2):
+            if channels % cand == 0:
+                oc_tile = cand
+                break
+        others = _other_block_names(sch, conv)
+        sch.cache_write(conv, 0, "local")
+        copy = sch.get_consumers(conv)[0]
+        out = _inline_epilogue(sch, copy)
+        loops = sch.get_loops(out)
+        if len(loops) != 4:
+            return False
+        n, c, y, x = loops
+        c_out, c_in = sch.split(c, [None, oc_tile])
+        x_out, x_in = sch.split(x, [None, vec])
+        sch.reorder(n, c_out, y, x_out, c_in, x_in)
+        outer = sch.fuse(n, c_out, y)
+        sch.parallel(outer)
+        sch.vectorize(x_in)
+        sch.compute_at(conv, x_out)
+        # compute_at drops unit loops: [outer, x_out, (channel tile), column vector, 3 reductions]
+        loops = sch.get_loops(conv)
+        r0, r1, r2 = loops[-3:]
+        tile = loops[2:-3]
+        sch.reorder(r0, r1, r2, *tile)
+        if len(tile) > 1:
+            sch.unroll(tile[-2])
+        sch.vectorize(tile[-1])
+        sch.decompose_reduction(conv, r0)
+        _schedule_remaining(sch, others, lanes)
+        return True
+
+
+class Generic(_SafeRule):
+    """Every other function: inline cheap producers, then parallel + vectorized loops."""
+
+    def schedule(self, sch, lanes) -> bool:
+        blocks = _root_blocks(sch)
+        if not blocks:
+            return False
+        # inline spatial producers (padding, layout transforms, broadcasts) into consumers
+        for block in blocks[:-1]:
+            if _is_spatial(sch, block):
+                _try(sch.compute_inline, block)
+        for block in _root_blocks(sch):
+            if _is_spatial(sch, block):
+                _schedule_spatial(sch, block, lanes)
+            else:
+                _schedule_reduction(sch, block, lanes)
+        return True
+
+
+def schedule_rules(lanes: int | None = None) -> list:
+    """The ordered CPU rules: conv rules, TVM's GEMV, then the generic parallel/vector rule."""
+    return [BlockedConv(lanes), PlainConv(lanes), dlight.cpu.GEMV(), Generic(lanes)]
+
+
+def cpu_passes(target) -> list:
+    """Relax passes replacing the zero pipeline for a CPU target (run inside the target)."""
+    target = _as_target(target)
+    lanes = vector_lanes(target)
+    return layout_passes(lanes) + [dlight.ApplyDefaultSchedule(*schedule_rules(lanes))]
+
+
+def optimize_cpu(mod: tvm.IRModule, target) -> tvm.IRModule:
+    """Lower an imported Relax module with the default CPU schedules (no tuning)."""
+    target = _as_target(target)
+    with target:
+        return tvm.transform.Sequential(cpu_passes(target))(mod)
