@@ -176,11 +176,16 @@ class Conv(_Spatial2D):
             self.fail("bias must have one value per output channel", bias_shape=in_shapes[2], out_channels=w[0])
         kernel, strides, dilations, pads, out = self.geometry(x, tuple(w[2:]))
         self.check_fits(x, kernel, dilations, pads, out)
+        self._weight_kernel = tuple(int(k) for k in w[2:])
         return [(x[0], w[0], out[0], out[1])]
 
     def receptive_field(self):
-        # kernel_shape may be implicit (taken from the weight); the builder always records it.
-        return super().receptive_field()
+        # kernel_shape may be implicit (imported ONNX often omits it): then the weight's, seen at
+        # shape inference, gives the kernel.
+        kernel = self.attrs.get("kernel_shape") or getattr(self, "_weight_kernel", None)
+        dil = _pair(self.attrs.get("dilations"), 1)
+        k = _pair(kernel, 1)
+        return tuple(dil[i] * (k[i] - 1) + 1 for i in range(2)), _pair(self.attrs.get("strides"), 1)
 
     def macs(self, in_shapes, out_shapes):
         w = in_shapes[1]

@@ -369,6 +369,8 @@ CASES = [
        onnx_shape_inference=False),
     _c("AveragePool", {"kernel_shape": [3, 3], "strides": [2, 2], "auto_pad": "SAME_UPPER"},
        [((1, 2, 7, 6), "x")], "same-upper"),
+    _c("AveragePool", {"kernel_shape": [3, 3], "strides": [2, 2], "auto_pad": "SAME_UPPER", "count_include_pad": 1},
+       [((1, 2, 6, 5), "x")], "same-upper-include"),
     _c("AveragePool", {"kernel_shape": [2, 2], "strides": [2, 2], "auto_pad": "SAME_LOWER"},
        [((1, 2, 5, 5), "x")], "same-lower"),
     _c("AveragePool", {"kernel_shape": [2, 3], "auto_pad": "VALID"}, [((1, 2, 4, 5), "x")], "valid"),

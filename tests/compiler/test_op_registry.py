@@ -47,3 +47,29 @@ def test_op_class_is_complete(op_type):
 def test_unknown_op_lists_the_supported_ones():
     with pytest.raises(UnsupportedOpError, match="'Foo'.*supported: Add, AveragePool"):
         get_op_class("Foo", layer="l1")
+
+
+@pytest.mark.parametrize("op_type,attrs,in_shapes,extent,stride", [
+    ("Conv", {"dilations": [2, 1], "strides": [2, 3]}, [("N", 3, 9, 9), (4, 3, 3, 3)], (5, 3), (2, 3)),
+    ("Conv", {"kernel_shape": [5, 5]}, [("N", 3, 9, 9), (4, 3, 5, 5)], (5, 5), (1, 1)),
+    ("MaxPool", {"kernel_shape": [3, 2], "strides": [2, 2], "dilations": [2, 2]}, [("N", 3, 9, 9)], (5, 3), (2, 2)),
+    ("AveragePool", {"kernel_shape": [2, 2], "strides": [2, 2]}, [("N", 3, 8, 8)], (2, 2), (2, 2)),
+    ("Relu", {}, [("N", 3, 8, 8)], (1, 1), (1, 1)),
+])
+def test_receptive_field_is_kernel_extent_and_stride(op_type, attrs, in_shapes, extent, stride):
+    op = REGISTRY[op_type](attrs, name="l")
+    op.infer_shapes(in_shapes)
+    assert op.receptive_field() == (extent, stride)
+
+
+@pytest.mark.parametrize("op_type,attrs,in_shapes,expected", [
+    ("Conv", {"group": 2}, [("N", 4, 6, 6), (6, 2, 3, 3)], 6 * 4 * 4 * 2 * 3 * 3),
+    ("Gemm", {"transB": 1}, [("N", 20), (10, 20)], 20 * 10),
+    ("Gemm", {}, [("N", 20), (20, 7)], 20 * 7),
+    ("MaxPool", {"kernel_shape": [2, 2]}, [("N", 3, 8, 8)], 0),
+    ("BatchNormalization", {}, [("N", 3, 4, 4), (3,), (3,), (3,), (3,)], 3 * 4 * 4),
+])
+def test_macs_per_sample(op_type, attrs, in_shapes, expected):
+    op = REGISTRY[op_type](attrs, name="l")
+    out = op.infer_shapes(in_shapes)
+    assert op.macs(in_shapes, out) == expected
