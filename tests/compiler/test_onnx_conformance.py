@@ -1,0 +1,110 @@
+"""Conformance with the onnx wheel's own test data through the NumPy backend.
+
+Every case the importer accepts must pass at rtol = atol = 1e-4; every skip carries a reason.
+The committed report (tests/compiler/data/onnx_conformance.md, regenerated with
+``python -m edgecnn.compiler.conformance -o tests/compiler/data/onnx_conformance.md``) may not
+claim a pass that does not pass now.
+"""
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from edgecnn.compiler import conformance, onnx_io
+
+COMMITTED = Path(__file__).parent / "data" / "onnx_conformance.md"
+
+
+def quiet_options():
+    # One thread, no spinning: dozens of tiny sessions on a shared 2-core machine otherwise spend
+    # their time in thread-pool start-up and busy waits.
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
+@pytest.fixture(scope="module")
+def results():
+    return {r.case: r for r in conformance.run_all(conformance.discover())}
+
+
+def test_cases_are_found_in_every_suite():
+    cases = conformance.discover()
+    suites = {c.suite for c in cases}
+    assert suites == set(conformance.SUITES)
+    assert sum(c.suite == "light" for c in cases) >= 9
+    assert all(c.data_sets for c in cases)
+
+
+def test_every_supported_case_passes(results, tmp_path):
+    failed = {k: r.reason for k, r in results.items() if r.status == "fail"}
+    assert not failed, failed
+    assert all(r.reason for r in results.values() if r.status == "skip")
+    passed = [k for k, r in results.items() if r.status == "pass"]
+    assert len(passed) >= 30
+    report = tmp_path / "report.md"
+    report.write_text(conformance.render_report(list(results.values())))
+    assert conformance.parse_report(report.read_text()) == {k: r.status for k, r in results.items()}
+
+
+def test_committed_report_claims_no_stale_passes(results):
+    assert COMMITTED.is_file(), f"generate it: python -m edgecnn.compiler.conformance -o {COMMITTED}"
+    claimed = {k for k, status in conformance.parse_report(COMMITTED.read_text()).items() if status == "pass"}
+    passing = {k for k, r in results.items() if r.status == "pass"}
+    stale = sorted(claimed - passing)
+    assert not stale, f"the committed report claims passes that fail or skip now: {stale}"
+
+
+def _check_export_of_import(results, suites):
+    checked = 0
+    for case in conformance.discover(suites):
+        if results[case.id].status != "pass":
+            continue
+        graph = onnx_io.import_model(case.model_path)
+        session = ort.InferenceSession(onnx_io.export_model(graph).SerializeToString(), quiet_options(),
+                                       providers=["CPUExecutionProvider"])
+        for ins, outs in case.data_sets:
+            if ins is None:
+                feeds = {s.name: conformance.light_input(s.concrete(1)) for s in graph.inputs}
+            else:
+                feeds = {s.name: conformance._read_tensor(p).astype(np.float32) for s, p in zip(graph.inputs, ins)}
+            got = session.run(graph.outputs, feeds)
+            for y, path in zip(got, outs):
+                np.testing.assert_allclose(y, conformance._read_tensor(path), rtol=1e-4, atol=1e-4,
+                                           err_msg=case.id)
+        checked += 1
+    return checked
+
+
+def test_export_of_import_computes_what_the_original_computes(results):
+    """For every passing operator case: onnxruntime on export(import(m)) reproduces m's outputs."""
+    suites = ("pytorch-converted", "pytorch-operator")
+    checked = _check_export_of_import(results, suites)
+    assert checked == sum(r.status == "pass" and r.case.split("/")[0] in suites for r in results.values())
+
+
+@pytest.mark.slow
+def test_export_of_import_of_the_light_architectures(results):
+    """The same for the light models (VGG-19 alone re-exports 574 MB of weights)."""
+    checked = _check_export_of_import(results, ("light",))
+    assert checked == sum(r.status == "pass" and r.case.startswith("light/") for r in results.values())
+
+
+def test_a_wrong_expected_output_is_reported_as_a_failure(tmp_path):
+    """The runner can fail: the same case with a perturbed expected output does."""
+    (case,) = [c for c in conformance.discover(("pytorch-converted",)) if c.name == "test_Conv2d"]
+    target = tmp_path / "test_Conv2d"
+    shutil.copytree(case.model_path.parent, target)
+    out_file = target / "test_data_set_0" / "output_0.pb"
+    expected = conformance._read_tensor(out_file)
+    out_file.write_bytes(onnx.numpy_helper.from_array(expected + 1e-3).SerializeToString())
+    tampered = conformance.Case("pytorch-converted", "test_Conv2d", target / "model.onnx",
+                                [(sorted((target / "test_data_set_0").glob("input_*.pb")), [out_file])])
+    result = conformance.run_case(tampered)
+    assert result.status == "fail" and "differs" in result.reason
+    assert conformance.run_case(case).status == "pass"
