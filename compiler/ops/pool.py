@@ -14,7 +14,7 @@ import numpy as np
 
 from ..errors import UnsupportedOpError
 from .base import Op, RunContext, register
-from .conv import _Spatial2D, scatter_windows, windows
+from .conv import _Spatial2D, _tap_slices, scatter_windows, windows
 
 
 class _Pool2D(_Spatial2D):
@@ -78,22 +78,29 @@ class MaxPool(_Pool2D):
         xp = np.pad(x, width, mode="constant", constant_values=-np.inf)
         win = windows(xp, kernel, strides, dilations, out)
         y = win[:, :, :, :, 0, 0].copy()
-        first_max = np.zeros(y.shape, dtype=np.int32)
         for i in range(kernel[0]):
             for j in range(kernel[1]):
-                tap = win[:, :, :, :, i, j]
-                better = tap > y  # strict: an equal later value never takes over
-                np.copyto(y, tap, where=better)
-                first_max[better] = i * kernel[1] + j
-        cache = (first_max, xp.shape, width, x.shape, kernel, strides, dilations) if ctx.need_grad else None
+                if i or j:
+                    np.maximum(y, win[:, :, :, :, i, j], out=y)
+        # kept for the backward pass: the padded input and the maxima, to find each window's winner
+        cache = (xp, y, width, x.shape, kernel, strides, dilations) if ctx.need_grad else None
         return [y.astype(x.dtype, copy=False)], cache
 
     def backward(self, cache, grad_outputs):
-        first_max, padded_shape, width, x_shape, kernel, strides, dilations = cache
+        xp, y, width, x_shape, kernel, strides, dilations = cache
         dy = grad_outputs[0]
-        taps = np.arange(kernel[0] * kernel[1], dtype=np.int32)
-        dwin = np.where(first_max[..., None] == taps, dy[..., None], 0).astype(dy.dtype, copy=False)
-        dxp = scatter_windows(dwin.reshape(*dy.shape, kernel[0], kernel[1]), padded_shape, strides, dilations)
+        out_hw = dy.shape[2:]
+        dxp = np.zeros(xp.shape, dtype=dy.dtype)
+        routed = np.zeros(y.shape, dtype=bool)  # windows whose gradient has found its winner
+        wins = np.empty(y.shape, dtype=bool)
+        for i in range(kernel[0]):
+            for j in range(kernel[1]):
+                rows, columns = _tap_slices(i, j, strides, dilations, out_hw)
+                # the first tap in scan order that equals the window's max takes the whole gradient
+                np.equal(xp[:, :, rows, columns], y, out=wins)
+                wins &= ~routed
+                routed |= wins
+                dxp[:, :, rows, columns] += np.where(wins, dy, 0)
         return [_crop(dxp, width, x_shape)]
 
     def onnx_attributes(self, opset):
