@@ -224,7 +224,7 @@ class OpCase:
     attrs: dict
     inputs: tuple  # ((shape, role), ...)
     id: str
-    opsets: tuple = (17,)
+    opsets: tuple = (13, 17, 21)  # ONNX opsets the forward test exports and evaluates at
     forward: bool = True  # in the ReferenceEvaluator table
     gradient: bool = True  # in the finite-difference table
     training: bool = False  # run with RunContext(training=True)
@@ -277,7 +277,7 @@ def _c(op, attrs, inputs, id, **kw):
     return OpCase(op, dict(attrs), tuple((tuple(s), r) for s, r in inputs), id, **kw)
 
 
-ENCODING_OPSETS = (13, 17, 21)  # for ops whose ONNX encoding changes across opsets
+ENCODING_OPSETS = (13, 17, 21)  # Clip, Pad, Reshape, Dropout: constants move between attributes and inputs
 
 CASES = [
     # -- Conv -----------------------------------------------------------------------------
