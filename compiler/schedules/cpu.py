@@ -40,7 +40,7 @@ from tvm import relax, s_tir, te, tirx, topi
 from tvm.relax.transform.legalize_ops.nn import _nn_conv2d as _default_conv2d_legalize
 from tvm.s_tir import dlight
 from tvm.s_tir.dlight.base import ScheduleRule
-from tvm.target import Target
+from tvm.target import Target, codegen
 
 _LOG = logging.getLogger(__name__)
 
@@ -74,9 +74,13 @@ def vector_lanes(target) -> int:
     mtriple = str(attrs.get("mtriple", "") or "").lower()
     if mtriple.startswith(("aarch64", "arm")) or "+neon" in mattr:
         return 4
-    if "+avx512f" in mattr or any(mcpu.startswith(c) for c in _AVX512_CPUS):
+    try:  # LLVM's own view of the mcpu/mattr pair: covers every CPU name it knows
+        features = {str(f) for f in codegen.llvm_get_cpu_features(target)}
+    except Exception:  # pylint: disable=broad-except
+        features = set()
+    if "avx512f" in features or "+avx512f" in mattr or any(mcpu.startswith(c) for c in _AVX512_CPUS):
         return 16
-    if "+avx2" in mattr or any(mcpu.startswith(c) for c in _AVX2_CPUS):
+    if "avx2" in features or "+avx2" in mattr or any(mcpu.startswith(c) for c in _AVX2_CPUS):
         return 8
     return 4
 
@@ -684,15 +688,16 @@ class BlockedConv(_SafeRule):
         outer = sch.fuse(n, oc, y)
         sch.parallel(outer)
         sch.vectorize(ob)
-        sch.compute_at(conv, x_out)
-        # compute_at drops unit loops: [outer, x_out, (x tile), channel vector, reductions]
+        sch.compute_at(conv, x_out, preserve_unit_loops=True)
+        # [outer, x_out, n, oc, y, x tile, channel vector, reductions...]
         loops = sch.get_loops(conv)
-        reduce = loops[-n_reduce:]
-        tile = loops[2:-n_reduce]
-        sch.reorder(*reduce, *tile)
-        if len(tile) > 1:
-            sch.unroll(tile[-2])
-        sch.vectorize(tile[-1])
+        if len(loops) != 7 + n_reduce:
+            return False
+        reduce = loops[7:]
+        x_tile, channel_vector = loops[5], loops[6]
+        sch.reorder(*reduce, x_tile, channel_vector)
+        sch.unroll(x_tile)
+        sch.vectorize(channel_vector)
         sch.decompose_reduction(conv, reduce[0])
         _schedule_remaining(sch, others, lanes)
         return True
@@ -761,15 +766,15 @@ class PlainConv(_SafeRule):
         outer = sch.fuse(n, c_out, y)
         sch.parallel(outer)
         sch.vectorize(x_in)
-        sch.compute_at(conv, x_out)
-        # compute_at drops unit loops: [outer, x_out, (channel tile), column vector, 3 reductions]
+        sch.compute_at(conv, x_out, preserve_unit_loops=True)
+        # [outer, x_out, n, channel tile, y, column vector, 3 reductions]
         loops = sch.get_loops(conv)
-        r0, r1, r2 = loops[-3:]
-        tile = loops[2:-3]
-        sch.reorder(r0, r1, r2, *tile)
-        if len(tile) > 1:
-            sch.unroll(tile[-2])
-        sch.vectorize(tile[-1])
+        if len(loops) != 9:
+            return False
+        r0, r1, r2 = loops[6:]
+        sch.reorder(r0, r1, r2, loops[3], loops[5])
+        sch.unroll(loops[3])
+        sch.vectorize(loops[5])
         sch.decompose_reduction(conv, r0)
         _schedule_remaining(sch, others, lanes)
         return True
@@ -799,11 +804,35 @@ def schedule_rules(lanes: int | None = None) -> list:
     return [BlockedConv(lanes), PlainConv(lanes), dlight.cpu.GEMV(), Generic(lanes)]
 
 
+def _apply_tuning_records():
+    """MetaSchedule records from the current database (if any) win over the default rules;
+    the rules then skip the functions the records marked as scheduled."""
+
+    @tvm.transform.module_pass(opt_level=0, name="EdgecnnApplyTuningRecords")
+    def _pass(mod, _ctx):
+        from tvm.s_tir import meta_schedule as ms  # pylint: disable=import-outside-toplevel
+
+        if ms.Database.current() is None:
+            return mod
+        return relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
+
+    return _pass
+
+
+def cpu_graph_stage(target) -> list:
+    """Blocked layouts, legalized and fused, nothing scheduled: where CPU tuning tasks come
+    from, so that tuning records match the functions the default rules schedule."""
+    return layout_passes(vector_lanes(_as_target(target)))
+
+
 def cpu_passes(target) -> list:
     """Relax passes replacing the zero pipeline for a CPU target (run inside the target)."""
     target = _as_target(target)
     lanes = vector_lanes(target)
-    return layout_passes(lanes) + [dlight.ApplyDefaultSchedule(*schedule_rules(lanes))]
+    return layout_passes(lanes) + [
+        _apply_tuning_records(),
+        dlight.ApplyDefaultSchedule(*schedule_rules(lanes)),
+    ]
 
 
 def optimize_cpu(mod: tvm.IRModule, target) -> tvm.IRModule:
