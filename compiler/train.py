@@ -576,5 +576,9 @@ def train(model: Graph, dataset_spec: str, config: TrainConfig, run_dir, *, prog
     """Load the dataset for ``model``, train, and return the metrics document."""
     dataset = load_dataset(dataset_spec, seed=config.seed, sample_shape=tuple(model.inputs[0].shape[1:]),
                            val_fraction=config.val_fraction, test_fraction=config.test_fraction)
+    known = model.metadata.get("preprocessing")
+    if known and len(known.get("mean", [])) == dataset.x.shape[1]:
+        # Fine-tuning: the model already expects a normalisation; keep feeding it that one.
+        dataset.set_preprocessing(known["mean"], known["std"])
     trainer = Trainer(model, dataset, config, dataset_spec=dataset_spec, model_spec=model_spec)
     return trainer.fit(run_dir, progress=progress)

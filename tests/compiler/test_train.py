@@ -284,3 +284,32 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert "(1, 28, 28)" in capsys.readouterr().err
     assert main(["train", "--resume", str(tmp_path / "missing")]) == 2
     assert "no checkpoint" in capsys.readouterr().err
+
+
+def test_fine_tune_saved_and_onnx_models(tmp_path, capsys):
+    pytest.importorskip("onnx", reason="ONNX export needs the onnx package")
+    from edgecnn.compiler.onnx_io import save_onnx
+
+    spec = small_digits(tmp_path)
+    first = tmp_path / "first"
+    assert main(["train", "digits-cnn", "--dataset", spec, "--epochs", "3", "--batch-size", "16", "--json",
+                 "--quiet", "-o", str(first)]) == 0
+    trained = load_model(first / "model")
+    capsys.readouterr()
+    # A saved model keeps the normalisation it was trained with, even on other data.
+    second = tmp_path / "second"
+    assert main(["train", str(first / "model"), "--dataset", "digits", "--epochs", "1", "--json", "--quiet",
+                 "-o", str(second)]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    tuned = load_model(second / "model")
+    assert tuned.metadata["preprocessing"] == trained.metadata["preprocessing"]
+    assert doc["test_accuracy"] > 0.8
+    # An ONNX file trains too (fine-tuning an imported model).
+    save_onnx(trained, tmp_path / "m.onnx")
+    third = tmp_path / "third"
+    assert main(["train", str(tmp_path / "m.onnx"), "--dataset", spec, "--epochs", "1", "--batch-size", "16",
+                 "--lr", "0.01", "--json", "--quiet", "-o", str(third)]) == 0
+    assert json.loads(capsys.readouterr().out)["test_accuracy"] > 0.8
+    from_onnx = load_model(third / "model")
+    changed = [k for k in trained.params if not np.array_equal(trained.params[k], from_onnx.params[k])]
+    assert changed, "training from the ONNX file left every weight unchanged"
