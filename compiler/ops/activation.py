@@ -96,6 +96,9 @@ class Clip(Op):
     def to_onnx(self, inputs, outputs, opset, ctx):
         import onnx.helper
 
+        if opset < 11:  # opset 6..10: bounds are attributes
+            bounds = {k: self.attrs[k] for k in ("min", "max") if self.attrs[k] is not None}
+            return [onnx.helper.make_node("Clip", inputs[:1], outputs, name=self.name, **bounds)]
         names = []
         for key in ("min", "max"):
             value = self.attrs[key]
@@ -298,6 +301,9 @@ def _old_softmax_matches(node, opset: int, ctx, axis: int) -> bool:
     if callable(shape_of):
         shape = shape_of(node.input[0])
         rank = None if shape is None else len(shape)
+        # Trailing axes of size 1 add nothing to the flattened block (a classifier's (N, K, 1, 1)).
+        if rank is not None and -rank <= axis < rank and all(d == 1 for d in shape[axis % rank + 1:]):
+            return True
     return rank is not None and axis in (rank - 1, -1)
 
 
@@ -317,6 +323,25 @@ class _SoftmaxBase(Op):
             self.fail("axis is out of range for the input rank", axis=self.attrs["axis"], input_shape=x)
         return [x]
 
+    def onnx_attributes(self, opset):
+        return {"axis": self.attrs["axis"]}
+
+    def to_onnx(self, inputs, outputs, opset, ctx):
+        import onnx.helper
+
+        axis = self.attrs["axis"]
+        if opset < 13:
+            # Older opsets flatten the axes from `axis` on: the same only for the last axis, and
+            # negative axes exist only from opset 11.
+            shape_of = getattr(ctx, "shape", None)
+            rank = len(shape_of(inputs[0])) if callable(shape_of) else None
+            if rank is not None and axis in (-1, rank - 1):
+                axis = rank - 1
+            elif not (axis == -1 and opset >= 11):
+                self.fail(f"{self.op_type} over a non-last axis needs ONNX opset 13 or newer", axis=axis,
+                          opset=opset)
+        return [onnx.helper.make_node(self.op_type, inputs, outputs, name=self.name, axis=axis)]
+
     def _shifted(self, x):
         # Subtracting the max keeps exp() from overflowing; the result is unchanged.
         return x - x.max(axis=self.attrs["axis"], keepdims=True)
@@ -331,7 +356,7 @@ class _SoftmaxBase(Op):
                     f"Node '{node.name}' ({node.op_type}, opset {opset}): before opset 13 the op flattens all axes "
                     f"from 'axis' on, which edgecnn implements only when axis is the last axis. "
                     f"Received: axis={axis}")
-            attrs = {"axis": -1}
+            attrs = {"axis": axis}
         return attrs, inputs, outputs
 
 

@@ -57,6 +57,15 @@ class Gemm(Op):
         _, k, n = self._mkn(in_shapes[0], in_shapes[1])
         return int(k) * int(n)
 
+    def to_onnx(self, inputs, outputs, opset, ctx):
+        import onnx.helper
+
+        inputs = list(inputs)
+        if opset < 11 and (len(inputs) < 3 or not inputs[2]):  # C is optional only from opset 11
+            inputs = inputs[:2] + [ctx.add_initializer(ctx.unique_name(f"{self.name}_zero_c"),
+                                                       np.zeros(1, np.float32))]
+        return [onnx.helper.make_node("Gemm", inputs, outputs, name=self.name, **self.onnx_attributes(opset))]
+
     def forward(self, inputs, ctx):
         a, b = inputs[0], inputs[1]
         c = inputs[2] if len(inputs) > 2 else None

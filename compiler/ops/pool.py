@@ -52,6 +52,9 @@ class _Pool2D(_Spatial2D):
         attrs = {k: v for k, v in self.attrs.items() if v is not None}
         if attrs.get("auto_pad") == "NOTSET":
             attrs.pop("auto_pad")
+        if opset < 10:  # ceil_mode (and MaxPool's dilations) arrived in opset 10
+            if attrs.pop("ceil_mode", 0):
+                self.fail("ceil_mode needs ONNX opset 10 or newer", ceil_mode=1, opset=opset)
         return attrs
 
 
@@ -106,6 +109,11 @@ class MaxPool(_Pool2D):
     def onnx_attributes(self, opset):
         attrs = super().onnx_attributes(opset)
         attrs.pop("storage_order", None)
+        dilations = attrs.pop("dilations", None)
+        if dilations is not None and (opset >= 10 or any(d != 1 for d in dilations)):
+            if opset < 10:
+                self.fail("MaxPool with dilations needs ONNX opset 10 or newer", dilations=dilations, opset=opset)
+            attrs["dilations"] = dilations
         return attrs
 
     @classmethod
@@ -176,6 +184,8 @@ class AveragePool(_Pool2D):
                 self.fail("AveragePool with dilations needs ONNX opset 19 or newer", dilations=dilations,
                           opset=opset)
             attrs["dilations"] = dilations
+        if opset < 7 and attrs.pop("count_include_pad", 0):
+            self.fail("count_include_pad needs ONNX opset 7 or newer", count_include_pad=1, opset=opset)
         return attrs
 
 

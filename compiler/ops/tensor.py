@@ -85,6 +85,17 @@ def _normalize_axis(op: Op, axis: int, rank: int, allow_end: bool = False) -> in
     return axis + rank if axis < 0 else axis
 
 
+def _export_axis(op: Op, axis: int, ctx, tensor: str, opset: int) -> int:
+    """An axis attribute for ONNX: negative axes exist only from opset 11; before, the rank
+    (``ctx.shape``) turns them non-negative."""
+    if axis >= 0 or opset >= 11:
+        return axis
+    shape_of = getattr(ctx, "shape", None)
+    if not callable(shape_of):
+        op.fail("a negative axis needs ONNX opset 11 or newer", axis=axis, opset=opset)
+    return axis + len(shape_of(tensor))
+
+
 def _constant_input(node, position: int, ctx, what: str, required: bool = True):
     """The value of a constant input of an ONNX node; UnsupportedOpError when it is computed."""
     if len(node.input) <= position or not node.input[position]:
@@ -184,6 +195,12 @@ class Concat(Op):
         cuts = np.cumsum(cache)[:-1]
         return list(np.split(grad_outputs[0], cuts, axis=self.attrs["axis"]))
 
+    def to_onnx(self, inputs, outputs, opset, ctx):
+        import onnx.helper
+
+        axis = _export_axis(self, self.attrs["axis"], ctx, inputs[0], opset)
+        return [onnx.helper.make_node("Concat", inputs, outputs, name=self.name, axis=axis)]
+
 
 @register
 class Flatten(Op):
@@ -209,6 +226,12 @@ class Flatten(Op):
 
     def backward(self, cache, grad_outputs):
         return [grad_outputs[0].reshape(cache)]
+
+    def to_onnx(self, inputs, outputs, opset, ctx):
+        import onnx.helper
+
+        axis = _export_axis(self, self.attrs["axis"], ctx, inputs[0], opset)
+        return [onnx.helper.make_node("Flatten", inputs, outputs, name=self.name, axis=axis)]
 
 
 @register
@@ -275,6 +298,8 @@ class Reshape(Op):
     def to_onnx(self, inputs, outputs, opset, ctx):
         import onnx.helper
 
+        if opset < 5:  # opset 1..4: the shape is an attribute
+            return [onnx.helper.make_node("Reshape", inputs[:1], outputs, name=self.name, shape=self.attrs["shape"])]
         name = ctx.unique_name(f"{self.name}_shape")
         ctx.add_initializer(name, np.array(self.attrs["shape"], np.int64))
         return [onnx.helper.make_node("Reshape", [inputs[0], name], outputs, name=self.name,
@@ -378,6 +403,9 @@ class Pad(Op):
     def to_onnx(self, inputs, outputs, opset, ctx):
         import onnx.helper
 
+        if opset < 11:  # opset 2..10: pads and value are attributes
+            return [onnx.helper.make_node("Pad", inputs[:1], outputs, name=self.name, mode=self.attrs["mode"],
+                                          pads=self.attrs["pads"], value=self.attrs["value"])]
         pads_name = ctx.unique_name(f"{self.name}_pads")
         ctx.add_initializer(pads_name, np.array(self.attrs["pads"], np.int64))
         extra = [pads_name]

@@ -466,9 +466,11 @@ def case_inputs():
 class FakeExportContext:
     """The export context an op's ``to_onnx`` sees, for single-node models built in tests."""
 
-    def __init__(self, taken=()):
+    def __init__(self, taken=(), shapes=None):
         self.initializers: dict[str, np.ndarray] = {}
         self.taken = set(taken)
+        if shapes is not None:  # the real exporter knows every tensor's shape; tests opt in
+            self.shape = lambda name: shapes[name]
 
     def unique_name(self, base):
         name, i = base, 0

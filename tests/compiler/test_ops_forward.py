@@ -183,6 +183,49 @@ def test_import_of_older_opset_encodings(op_type, opset, attrs, extra, out_shape
     np.testing.assert_allclose(y, ref, rtol=RTOL, atol=ATOL)
 
 
+@pytest.mark.parametrize("op_type,attrs,shapes,opset", [
+    ("Clip", {"min": 0.0, "max": 6.0}, [(2, 3, 4)], 6),
+    ("Clip", {"max": 0.5}, [(2, 3, 4)], 10),
+    ("Pad", {"pads": [0, 0, 1, 2, 0, 0, 2, 1], "mode": "reflect"}, [(1, 2, 4, 4)], 2),
+    ("Pad", {"pads": [0, 0, 1, 0, 0, 1, 0, 2], "value": -1.0}, [(1, 2, 4, 4)], 10),
+    ("Reshape", {"shape": [0, -1]}, [(2, 3, 4)], 5),
+    ("Dropout", {"ratio": 0.2}, [(2, 3, 4)], 10),
+    ("Gemm", {"alpha": 2.0}, [(3, 5), (5, 4)], 9),
+    ("MaxPool", {"kernel_shape": [2, 2], "strides": [2, 2], "dilations": [1, 1]}, [(1, 2, 5, 5)], 8),
+    ("AveragePool", {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1], "count_include_pad": 1}, [(1, 2, 5, 5)], 7),
+    ("Softmax", {"axis": -1}, [(2, 3, 5)], 11),
+    ("Softmax", {"axis": 2}, [(2, 3, 5)], 9),
+    ("LogSoftmax", {"axis": -1}, [(2, 3, 5)], 10),
+    ("Flatten", {"axis": -1}, [(2, 3, 4)], 9),
+    ("Concat", {"axis": -1}, [(2, 3), (2, 2)], 4),
+])
+def test_export_at_older_opsets(op_type, attrs, shapes, opset, export_context):
+    rng = np.random.default_rng(6)
+    inputs = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    names = [f"in{i}" for i in range(len(inputs))]
+    op = REGISTRY[op_type](attrs, name="node")
+    ctx = export_context(taken=names + ["y0", "node"], shapes=dict(zip(names, shapes)))
+    nodes = op.to_onnx(names, ["y0"], opset, ctx)
+    expected_shape = op.infer_shapes(shapes)[0]
+    model = _single_node_model(nodes, dict(zip(names, inputs)), [expected_shape], ctx.initializers, opset)
+    (ref,) = ReferenceEvaluator(model).run(None, dict(zip(names, inputs)))
+    (y,), _ = op.forward(inputs, RunContext())
+    assert y.shape == ref.shape
+    np.testing.assert_allclose(y, ref, rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("op_type,attrs,opset,match", [
+    ("Softmax", {"axis": 1}, 12, "opset 13"),
+    ("MaxPool", {"kernel_shape": [2, 2], "ceil_mode": 1}, 9, "opset 10"),
+    ("MaxPool", {"kernel_shape": [2, 2], "dilations": [2, 2]}, 9, "opset 10"),
+    ("AveragePool", {"kernel_shape": [2, 2], "count_include_pad": 1}, 6, "opset 7"),
+])
+def test_export_refuses_semantics_an_older_opset_lacks(op_type, attrs, opset, match, export_context):
+    op = REGISTRY[op_type](attrs, name="old")
+    with pytest.raises(ModelDefinitionError, match=match):
+        op.to_onnx(["in0"], ["y0"], opset, export_context(shapes={"in0": (2, 3, 4, 4)}))
+
+
 def test_old_softmax_on_a_non_last_axis_is_rejected(import_context):
     node = helper.make_node("Softmax", ["x"], ["y"], name="sm", axis=1)
     with pytest.raises(UnsupportedOpError, match="'sm'.*axis=1"):
