@@ -322,10 +322,12 @@ def read_mnist_pickle(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         parts = _ArrayOnlyUnpickler(io.BufferedReader(f), encoding="latin1").load()
     if not (isinstance(parts, tuple) and len(parts) == 3 and all(len(p) == 2 for p in parts)):
         raise InputError(f"{path} does not hold the expected ((x, y), (x, y), (x, y)) MNIST tuple")
-    xs = [np.asarray(p[0], np.float32) for p in parts]
+    # Part by part, so only one float32 copy of a part is alive beside the uint8 result.
+    xs = []
+    for part in parts:
+        xs.append(np.clip(np.rint(np.asarray(part[0], np.float32) * 256.0), 0, 255).astype(np.uint8))
+    x = np.concatenate(xs).reshape(-1, 1, 28, 28)
     ys = [np.asarray(p[1]).astype(np.int64) for p in parts]
-    x = np.concatenate(xs)
-    x = np.clip(np.rint(x * 256.0), 0, 255).astype(np.uint8).reshape(-1, 1, 28, 28)
     y = np.concatenate(ys)
     n_test = len(ys[2])
     return x, y, np.arange(len(y) - n_test, len(y))
