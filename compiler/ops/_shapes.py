@@ -15,8 +15,9 @@ def output_size(size: int, kernel: int, stride: int, dilation: int, pad_begin: i
     ``effective_kernel = dilation * (kernel - 1) + 1``
     ``out = floor_or_ceil((size + pad_begin + pad_end - effective_kernel) / stride) + 1``
 
-    With ``ceil_mode`` the last window may start in the end padding but never past it: a window
-    that would start beyond ``size + pad_begin`` is dropped (the ONNX and PyTorch rule).
+    With ``ceil_mode`` the last window may reach past the padded end, but a window that would
+    start in the end padding (at or beyond ``size + pad_begin``) is dropped (the rule of the ONNX
+    spec text, onnxruntime and PyTorch).
     Returns a value < 1 when the kernel does not fit; callers turn that into an error.
     """
     effective = dilation * (kernel - 1) + 1

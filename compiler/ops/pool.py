@@ -2,8 +2,10 @@
 
 Output size per spatial axis is ``_shapes.output_size`` (the same formula as Conv):
 ``out = floor_or_ceil((in + pad_begin + pad_end - (dilation * (k - 1) + 1)) / stride) + 1``;
-with ``ceil_mode`` the last window may start in the end padding (never past it) and may reach
-beyond the padded input; that overhang is never counted.
+with ``ceil_mode`` one more window may be added, which may reach beyond the padded input (that
+overhang never counts), but a window that would start in the end padding is dropped, as the ONNX
+spec text, its ReferenceEvaluator, onnxruntime and PyTorch do (onnx's C++ shape inference keeps
+it: 4 instead of 3 for in=5, k=2, s=2, pads 1+1).
 
 Pools report 0 MACs in the summary: they have no learned weights (the summary's MACs measure
 multiply-accumulates against parameters).
