@@ -55,18 +55,28 @@ class BatchNormalization(Op):
         x, scale, bias, mean, var = inputs
         channel = (1, x.shape[1]) + (1,) * (x.ndim - 2)
         eps, momentum = self.attrs["epsilon"], self.attrs["momentum"]
+        if not ctx.training and not ctx.need_grad:
+            # inference: one fused scale and shift per channel
+            a = (scale / np.sqrt(var + eps)).astype(x.dtype, copy=False)
+            y = x * a.reshape(channel)
+            y += (bias - mean * a).astype(x.dtype, copy=False).reshape(channel)
+            return [y], None
         if ctx.training:
             axes = (0,) + tuple(range(2, x.ndim))
             batch_mean = x.mean(axis=axes)
-            batch_var = x.var(axis=axes)
+            xhat = x - batch_mean.reshape(channel)
+            batch_var = np.mean(np.square(xhat), axis=axes)  # biased, as ONNX's training mode
             ctx.pending_state[3] = (mean * momentum + batch_mean * (1 - momentum)).astype(mean.dtype)
             ctx.pending_state[4] = (var * momentum + batch_var * (1 - momentum)).astype(var.dtype)
-            mean, var = batch_mean, batch_var
+            var = batch_var
+        else:
+            xhat = x - mean.reshape(channel)
         inv_std = (1 / np.sqrt(var + eps)).astype(x.dtype, copy=False)
-        xhat = (x - mean.reshape(channel)) * inv_std.reshape(channel)
-        y = (xhat * scale.reshape(channel) + bias.reshape(channel)).astype(x.dtype, copy=False)
+        xhat *= inv_std.reshape(channel)
+        y = xhat * scale.reshape(channel)
+        y += bias.reshape(channel)
         cache = (xhat, inv_std, scale, ctx.training) if ctx.need_grad else None
-        return [y], cache
+        return [y.astype(x.dtype, copy=False)], cache
 
     def backward(self, cache, grad_outputs):
         xhat, inv_std, scale, training = cache
@@ -75,15 +85,16 @@ class BatchNormalization(Op):
         axes = (0,) + tuple(range(2, dy.ndim))
         dscale = (dy * xhat).sum(axis=axes)
         dbias = dy.sum(axis=axes)
-        dxhat = dy * scale.reshape(channel)
         if training:
             # The batch mean and variance depend on x too: project out their directions.
+            # dx = scale * inv_std / count * (count * dy - dbias - xhat * dscale)
             count = dy.size // dy.shape[1]
-            dx = (inv_std.reshape(channel) / count) * (
-                count * dxhat - dxhat.sum(axis=axes, keepdims=True)
-                - xhat * (dxhat * xhat).sum(axis=axes, keepdims=True))
+            dx = dy * count
+            dx -= xhat * dscale.reshape(channel)
+            dx -= dbias.reshape(channel)
+            dx *= (scale * inv_std / count).astype(dy.dtype, copy=False).reshape(channel)
         else:
-            dx = dxhat * inv_std.reshape(channel)
+            dx = dy * (scale * inv_std).astype(dy.dtype, copy=False).reshape(channel)
         return [dx.astype(dy.dtype, copy=False), dscale, dbias, None, None]
 
     def onnx_attributes(self, opset):
