@@ -17,7 +17,7 @@ import numpy as np
 
 from edgecnn.runtime.errors import InputError
 
-HELP = "run a model on inputs from .npy/.npz with the NumPy backend or onnxruntime; -o writes outputs as .npz"
+HELP = "run a model on inputs from .npy/.npz/images with the NumPy backend or onnxruntime; -o writes outputs as .npz"
 
 
 @dataclass
@@ -57,7 +57,8 @@ BACKENDS = {
 }
 
 
-def _read_npy(path: Path, input_names: list[str]) -> dict:
+def _read_npy(path: Path, graph) -> dict:
+    input_names = [s.name for s in graph.inputs]
     if len(input_names) != 1:
         raise InputError(f"a .npy file holds one array but the model has {len(input_names)} inputs "
                          f"{input_names}; give an .npz with one array per input name. Received: '{path}'")
@@ -67,7 +68,8 @@ def _read_npy(path: Path, input_names: list[str]) -> dict:
         raise InputError(f"'{path}' is not a readable .npy array: {exc}") from None
 
 
-def _read_npz(path: Path, input_names: list[str]) -> dict:
+def _read_npz(path: Path, graph) -> dict:
+    input_names = [s.name for s in graph.inputs]
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
@@ -81,14 +83,43 @@ def _read_npz(path: Path, input_names: list[str]) -> dict:
     return arrays
 
 
-#: input file suffix -> reader(path, model input names) -> {input name: array}
-INPUT_READERS = {".npy": _read_npy, ".npz": _read_npz}
+def _read_image(path: Path, graph) -> dict:
+    """One image for a single-input model: converted to its channels (grayscale or RGB), resized
+    to its H x W, scaled to [0, 1] and normalised with the model's preprocessing when it has one."""
+    from PIL import Image, UnidentifiedImageError
+
+    if len(graph.inputs) != 1 or len(graph.inputs[0].shape) != 4 or graph.inputs[0].shape[1] not in (1, 3):
+        raise InputError(f"image inputs need a model with one (N, 1 or 3, H, W) input. "
+                         f"Received: inputs={[(s.name, s.shape) for s in graph.inputs]}")
+    spec = graph.inputs[0]
+    channels, height, width = spec.shape[1:]
+    try:
+        with Image.open(path) as img:
+            img = img.convert("L" if channels == 1 else "RGB")
+            if img.size != (width, height):
+                img = img.resize((width, height), Image.BILINEAR)
+            pixels = np.asarray(img, dtype=np.float32).reshape(height, width, channels) / 255.0
+    except (UnidentifiedImageError, OSError) as exc:
+        raise InputError(f"cannot read image '{path}': {exc}") from None
+    x = pixels.transpose(2, 0, 1)[None]
+    prep = graph.metadata.get("preprocessing") or {}
+    if prep.get("mean") is not None and prep.get("std") is not None:
+        mean = np.asarray(prep["mean"], np.float32).reshape(1, -1, 1, 1)
+        std = np.asarray(prep["std"], np.float32).reshape(1, -1, 1, 1)
+        x = (x - mean) / std
+    return {spec.name: x.astype(np.float32)}
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
+#: input file suffix -> reader(path, graph) -> {input name: array}
+INPUT_READERS = {".npy": _read_npy, ".npz": _read_npz, **{suffix: _read_image for suffix in IMAGE_SUFFIXES}}
 
 
 def add_arguments(parser):
     parser.add_argument("model", metavar="MODEL", help="zoo name, saved model directory or .onnx file")
     parser.add_argument("--input", "-i", required=True, metavar="FILE",
-                        help="inputs: .npy (single-input models) or .npz with one array per input name; "
+                        help="inputs: .npy (single-input models), .npz with one array per input name, or an "
+                             "image (resized, scaled to [0, 1] and normalised with the model's preprocessing); "
                              "a sample without its batch dimension gets batch 1")
     parser.add_argument("--backend", default="numpy", choices=sorted(BACKENDS),
                         help="what computes the outputs (default: numpy)")
@@ -118,8 +149,9 @@ def read_inputs(path, graph) -> dict:
         raise InputError(f"input file not found. Received: --input '{path}'")
     reader = INPUT_READERS.get(path.suffix.lower())
     if reader is None:
-        raise InputError(f"inputs must be {' or '.join(sorted(INPUT_READERS))} files. Received: '{path}'")
-    arrays = reader(path, [s.name for s in graph.inputs])
+        raise InputError(f"inputs must be .npy, .npz or image ({', '.join(IMAGE_SUFFIXES)}) files. "
+                         f"Received: '{path}'")
+    arrays = reader(path, graph)
     feeds = {}
     for spec in graph.inputs:
         x = np.asarray(arrays[spec.name])

@@ -104,7 +104,8 @@ def test_run_npz_input_single_sample_and_zoo_model(tmp_path, capsys, rng):
     (lambda d: np.save(d / "i.npy", np.zeros((1, 1, 7, 8), np.float32)), "must have shape"),
     (lambda d: np.save(d / "i.npy", np.zeros((1, 1, 8, 8), np.int64)), "floating-point"),
     (lambda d: (d / "i.npy").write_bytes(b"not numpy"), "not a readable .npy"),
-    (lambda d: (d / "i.png").write_bytes(b"x"), "inputs must be"),
+    (lambda d: (d / "i.png").write_bytes(b"x"), "cannot read image"),
+    (lambda d: (d / "i.txt").write_bytes(b"x"), "inputs must be"),
 ])
 def test_run_input_errors(tmp_path, capsys, make_input, expected):
     make_input(tmp_path)
@@ -173,3 +174,26 @@ def test_real_process_exit_code_and_no_traceback(tmp_path):
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert "node 'fancy' (MyFancyOp)" in proc.stderr and proc.stdout == ""
+
+
+def test_run_an_image_with_the_models_preprocessing(tmp_path, capsys):
+    from PIL import Image
+
+    pixels = (np.arange(16 * 16, dtype=np.uint32).reshape(16, 16) % 251).astype(np.uint8)
+    Image.fromarray(pixels, mode="L").save(tmp_path / "digit.png")
+    graph = zoo.build("digits-cnn")
+    graph.metadata["preprocessing"] = {"mean": [0.25], "std": [0.5]}
+    from edgecnn.compiler.serialize import save_model
+
+    save_model(graph, tmp_path / "model")
+    code, out, err = cli(capsys, "run", tmp_path / "model", "--input", tmp_path / "digit.png", "-o",
+                         tmp_path / "o.npz")
+    assert code == 0, err
+    # the reference preprocessing, written out: 16x16 -> 8x8 bilinear, /255, (x - mean) / std
+    small = np.asarray(Image.fromarray(pixels, mode="L").resize((8, 8), Image.BILINEAR), np.float32) / 255
+    x = ((small - 0.25) / 0.5).reshape(1, 1, 8, 8).astype(np.float32)
+    want = ort.InferenceSession(onnx_io.export_model(graph).SerializeToString(),
+                                providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    with np.load(tmp_path / "o.npz") as npz:
+        np.testing.assert_allclose(npz["logits"], want, rtol=1e-5, atol=1e-5)
+    assert "sample 0: " in out
