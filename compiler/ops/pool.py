@@ -98,14 +98,16 @@ class MaxPool(_Pool2D):
         dxp = np.zeros(xp.shape, dtype=dy.dtype)
         routed = np.zeros(y.shape, dtype=bool)  # windows whose gradient has found its winner
         wins = np.empty(y.shape, dtype=bool)
+        share = np.empty_like(dy)
         for i in range(kernel[0]):
             for j in range(kernel[1]):
                 rows, columns = _tap_slices(i, j, strides, dilations, out_hw)
                 # the first tap in scan order that equals the window's max takes the whole gradient
                 np.equal(xp[:, :, rows, columns], y, out=wins)
-                wins &= ~routed
+                np.greater(wins, routed, out=wins)  # on booleans: wins and not yet routed
                 routed |= wins
-                dxp[:, :, rows, columns] += np.where(wins, dy, 0)
+                np.multiply(dy, wins, out=share)
+                dxp[:, :, rows, columns] += share
         return [_crop(dxp, width, x_shape)]
 
     def onnx_attributes(self, opset):
