@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+from ..errors import UnsupportedOpError
 from . import _shapes
 from .base import Op, RunContext, register
 
@@ -124,6 +125,19 @@ class _Spatial2D(Op):
             effective = tuple(dilations[i] * (kernel[i] - 1) + 1 for i in range(2))
             self.fail("kernel (with dilation) is larger than the padded input", input_shape=tuple(x_shape),
                       padded_hw=padded, effective_kernel=effective)
+
+    @classmethod
+    def from_onnx(cls, node, opset, ctx):
+        attrs, inputs, outputs = super().from_onnx(node, opset, ctx)
+        spatial = {k: len(attrs[k]) for k in ("kernel_shape", "strides", "dilations") if k in attrs}
+        if "pads" in attrs:
+            spatial["pads"] = len(attrs["pads"]) // 2
+        if node.op_type == "Conv" and len(node.input) > 1 and ctx.constant(node.input[1]) is not None:
+            spatial["weight"] = np.asarray(ctx.constant(node.input[1])).ndim - 2
+        if any(n != 2 for n in spatial.values()):
+            raise UnsupportedOpError(f"Node '{node.name}' ({node.op_type}): only 2-D (NCHW) is supported. "
+                                     f"Received: spatial dimensions {spatial}")
+        return attrs, inputs, outputs
 
     def receptive_field(self):
         kernel = _pair(self.attrs.get("kernel_shape"), 1)

@@ -239,6 +239,10 @@ def test_old_softmax_on_a_non_last_axis_is_rejected(import_context):
     ("Pad", ["x", "p"], {"mode": "wrap"}, {"p": np.zeros(8, np.int64)}, "'n'.*wrap"),
     ("Clip", ["x", "lo"], {}, {}, "'n'.*min"),
     ("Reshape", ["x", "s"], {}, {}, "'n'.*shape"),
+    ("Conv", ["x", "w"], {}, {"w": np.zeros((4, 3, 3), np.float32)}, "'n'.*2-D"),
+    ("Conv", ["x", "w"], {"kernel_shape": [3, 3, 3]}, {}, "'n'.*2-D"),
+    ("MaxPool", ["x"], {"kernel_shape": [2]}, {}, "'n'.*2-D"),
+    ("AveragePool", ["x"], {"kernel_shape": [2, 2], "pads": [1, 1, 1, 1, 1, 1]}, {}, "'n'.*2-D"),
 ])
 def test_from_onnx_rejects_what_it_cannot_support(op_type, node_inputs, attrs, constants, match, import_context):
     node = helper.make_node(op_type, node_inputs, ["y"], name="n", **attrs)
