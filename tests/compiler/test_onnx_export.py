@@ -12,12 +12,12 @@ import pytest
 
 from edgecnn.compiler import layers as L
 from edgecnn.compiler import numpy_backend, onnx_io, zoo
-from edgecnn.compiler.errors import UnsupportedOpError
+from edgecnn.compiler.errors import ModelDefinitionError, UnsupportedOpError
 from edgecnn.compiler.ops import REGISTRY
 from edgecnn.runtime.errors import InputError
 
 RTOL = ATOL = 1e-5
-OPSETS = range(13, 22)
+OPSETS = range(7, 22)  # the issue asks for 13..21 at least; ops also claim older encodings
 
 
 def randomized(graph, seed=0):
@@ -31,8 +31,18 @@ def randomized(graph, seed=0):
     return g
 
 
+def quiet_options():
+    # One thread, no spinning: many tiny sessions on a shared machine otherwise spend their time
+    # starting thread pools and busy-waiting.
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
 def ort_run(model, feeds):
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(model.SerializeToString(), quiet_options(), providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
     return dict(zip(names, session.run(names, feeds)))
 
@@ -216,20 +226,26 @@ def test_each_op_exports_at_every_opset_it_allows(op_type, rng):
             with pytest.raises(UnsupportedOpError, match=rf"'{graph.nodes[-1].name}'|{op_type}"):
                 onnx_io.export_model(graph, opset=opset)
             continue
-        model = onnx_io.export_model(graph, opset=opset)
+        try:
+            model = onnx_io.export_model(graph, opset=opset)
+        except ModelDefinitionError as exc:
+            # Before 13 some configurations have no encoding (ceil_mode before 10, Softmax over a
+            # non-last axis before 13): a clear error then, never from 13 on.
+            assert opset < 13 and "opset" in str(exc), exc
+            continue
         assert model.opset_import[0].version == opset
         got = ort_run(model, {"input": x})
         for out in graph.outputs:
             assert_close(want[out], got[out])
         back = onnx_io.import_model(model)
+        np.testing.assert_allclose(numpy_backend.run(back, {"input": x})[graph.outputs[0]], want[graph.outputs[0]],
+                                   rtol=RTOL, atol=ATOL)
         if op_type == "Dropout":  # an inference no-op: the importer removes it
             assert [n.op_type for n in back.nodes] == ["Conv", "Relu"]
-            np.testing.assert_array_equal(numpy_backend.run(back, {"input": x})[graph.outputs[0]],
-                                          want[graph.outputs[0]])
-        else:
+        elif opset >= 13:  # older encodings may normalise attributes (axis -1 is written as 3)
             assert_same_graph(graph, back)
         checked += 1
-    assert checked >= 1
+    assert checked >= sum(1 for o in OPSETS if 13 <= o <= hi and o >= lo)
 
 
 def test_opset_outside_an_ops_range_names_the_layer():

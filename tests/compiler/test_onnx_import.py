@@ -42,7 +42,10 @@ def reference_outputs(model, feeds):
     the spec's formula (and with onnxruntime) in onnx 1.23.
     """
     try:
-        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     except Exception:  # an opset or IR version this onnxruntime does not run
         return ReferenceEvaluator(model).run(None, feeds)
     return session.run(None, feeds)
