@@ -224,15 +224,10 @@ class ImportContext:
     opset: int
     #: shapes of the non-constant tensors converted so far (inferred node by node)
     shapes: dict = field(default_factory=dict)
-    #: constants that some op read through :meth:`constant` (for diagnostics)
-    read: set = field(default_factory=set)
 
     def constant(self, name: str):
         """The value of an initializer or Constant-node output, or None if ``name`` is computed."""
-        if name in self.constants:
-            self.read.add(name)
-            return self.constants[name]
-        return None
+        return self.constants.get(name)
 
     def is_constant(self, name: str) -> bool:
         return name in self.constants
