@@ -64,6 +64,7 @@ class Capabilities:
     emulate: bool
     missing: tuple[str, ...] = ()
     limits: tuple[str, ...] = ()
+    build_missing: tuple[str, ...] = ()  # the part of ``missing`` that stops a build
 
     def to_dict(self) -> dict:
         return {"build": self.build, "run": self.run, "emulate": self.emulate,
@@ -120,7 +121,7 @@ class Preset:
         """Raise a one-line TargetError naming what is missing to build for this preset."""
         caps = self.capabilities()
         if not caps.build:
-            raise TargetError(f"cannot build for preset '{self.name}': " + "; ".join(caps.missing))
+            raise TargetError(f"cannot build for preset '{self.name}': " + "; ".join(caps.build_missing))
 
     def linker(self) -> str:
         """The C++ driver ``export_library`` links with."""
@@ -342,6 +343,7 @@ def _capabilities(p: Preset) -> Capabilities:
         else:
             missing.append(f"C++ compiler {linker} not found: apt-get install g++")
 
+    build_missing = tuple(missing)
     native = p.arch == machine_arch()
     run = native
     if not native:
@@ -369,4 +371,5 @@ def _capabilities(p: Preset) -> Capabilities:
             missing.append(f"aarch64 sysroot {AARCH64_SYSROOT} not found: apt-get install g++-aarch64-linux-gnu")
         else:
             emulate = True
-    return Capabilities(build=build, run=run, emulate=emulate, missing=tuple(missing), limits=tuple(limits))
+    return Capabilities(build=build, run=run, emulate=emulate, missing=tuple(missing), limits=tuple(limits),
+                        build_missing=build_missing)

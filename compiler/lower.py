@@ -1,0 +1,468 @@
+"""ONNX -> Relax -> the preset's pipeline -> ``tvm.compile`` -> ``export_library`` -> a bundle.
+
+TVM only ever sees ONNX: our own graphs are exported first, so an external model and a zoo
+model take the same road. The result is a bundle directory (DESIGN.md):
+
+- ``model.so``       the executable, linked for the preset (cross-linked for aarch64);
+- ``manifest.json``  inputs, outputs, batch, the full target, versions, SHA-256 of the files,
+                     labels and preprocessing when known, whether tuning records were applied;
+- ``golden.npz``     seeded sample inputs and reference outputs: from the NumPy backend when the
+                     model imports into the IR, from onnxruntime otherwise (the manifest says which);
+- ``model.onnx``     the exact model compiled (static batch).
+
+The bundle is assembled in a temporary sibling directory and renamed into place, so a compile
+that fails leaves no half bundle and an older bundle at that path untouched.
+
+Bundles are compiled for one static batch (the runtime splits larger batches).
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgecnn.runtime.errors import EdgeCNNError, InputError, received
+from edgecnn.targets import Preset, get_preset
+
+from .fileio import atomic_dir
+
+BUNDLE_FORMAT_VERSION = 1
+GOLDEN_SEED = 0
+GOLDEN_RTOL = 1e-4
+GOLDEN_ATOL = 1e-4
+
+
+class CompileError(EdgeCNNError):
+    """A model TVM cannot import or compile for the preset, named with the reason."""
+
+
+# -- the pipelines ---------------------------------------------------------------------------------
+# One function per device kind: each returns the Relax pass sequence run under the target.
+# Tuning records in the current MetaSchedule database are applied by the zero pipeline itself,
+# before any schedule rule runs (rules skip functions already marked as scheduled).
+
+def _graph_passes():
+    """Operator fusion over the legalized module :func:`to_relax` returns (no schedules yet)."""
+    from tvm import relax
+
+    return [relax.get_pipeline("zero")]
+
+
+def cpu_pipeline(target):
+    """The Relax pass sequence for CPU presets (x86-64 and aarch64)."""
+    import tvm
+
+    from .schedules.cpu import cpu_passes
+
+    return tvm.transform.Sequential(cpu_passes(target), name="edgecnn_cpu_pipeline")
+
+
+def gpu_pipeline(target):
+    """The Relax pass sequence for CUDA presets: dlight's GPU rules, ending in Fallback.
+
+    Without a GPU schedule a function would silently stay on the host CPU; Fallback gives
+    every remaining function a thread binding, and :func:`check_gpu_scheduled` makes sure.
+    """
+    import tvm
+    from tvm.s_tir import dlight
+
+    rules = dlight.ApplyDefaultSchedule(
+        dlight.gpu.Matmul(), dlight.gpu.GEMV(), dlight.gpu.Reduction(), dlight.gpu.GeneralReduction(),
+        dlight.gpu.Fallback(),
+    )
+    return tvm.transform.Sequential([*_graph_passes(), rules], name="edgecnn_gpu_pipeline")
+
+
+PIPELINES = {"cpu": cpu_pipeline, "cuda": gpu_pipeline}
+
+
+def graph_stage(target):
+    """Legalized and fused, before any schedule: where tuning tasks are extracted from."""
+    import tvm
+
+    return tvm.transform.Sequential(_graph_passes(), name="edgecnn_graph_stage")
+
+
+def prim_funcs(mod) -> dict:
+    import tvm
+
+    return {gv.name_hint: f for gv, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)}
+
+
+def check_gpu_scheduled(mod, preset: Preset) -> None:
+    """Every TensorIR function is bound to GPU threads, or a CompileError names those that are not."""
+    left = sorted(name for name, f in prim_funcs(mod).items() if "T.thread_binding(" not in f.script())
+    if left:
+        raise CompileError(
+            f"preset '{preset.name}': {len(left)} function(s) have no GPU schedule and would run on the "
+            f"host CPU: {', '.join(left[:8])}{' ...' if len(left) > 8 else ''}")
+
+
+# -- the built library -----------------------------------------------------------------------------
+
+def imported_modules(library, kind: str) -> list:
+    """Runtime modules of ``kind`` (e.g. ``"cuda"``) anywhere in the library's import tree."""
+    found, stack = [], [library]
+    while stack:
+        m = stack.pop()
+        if m.kind == kind:
+            found.append(m)
+        stack.extend(m.imports)
+    return found
+
+
+_KERNEL_RE = re.compile(r"__global__\s+void\s+(?:__launch_bounds__\(\d+\)\s+)?(\w+)\s*\(")
+
+
+def cuda_source(library) -> str:
+    """The CUDA C source a GPU library carries (compiled on the device when loaded)."""
+    modules = imported_modules(library, "cuda")
+    if not modules:
+        raise CompileError("the library holds no CUDA module")
+    return "\n".join(m.inspect_source() for m in modules)
+
+
+def cuda_kernel_names(source: str) -> set[str]:
+    return set(_KERNEL_RE.findall(source))
+
+
+# -- the model -------------------------------------------------------------------------------------
+
+@dataclass
+class ModelSource:
+    """What is compiled: a static-shape ONNX model, plus the IR graph when we have one."""
+
+    onnx_model: object
+    name: str
+    graph: object | None  # edgecnn Graph, the NumPy reference; None when the importer rejects the model
+    graph_note: str = ""  # why there is no graph
+    metadata: dict = field(default_factory=dict)
+
+
+def _onnx_float_inputs(model) -> list:
+    initializers = {t.name for t in model.graph.initializer}
+    return [i for i in model.graph.input if i.name not in initializers]
+
+
+def _fix_batch(model, batch: int):
+    """Pin the batch (first) dimension of every input; other dimensions must be static already."""
+    import onnx
+
+    for inp in _onnx_float_inputs(model):
+        t = inp.type.tensor_type
+        if t.elem_type != onnx.TensorProto.FLOAT:
+            raise InputError(f"ONNX input '{inp.name}' must be float32. "
+                             f"{received(dtype=onnx.TensorProto.DataType.Name(t.elem_type))}")
+        if not t.HasField("shape") or len(t.shape.dim) == 0:
+            raise InputError(f"ONNX input '{inp.name}' has no shape; edgecnn compiles static shapes")
+        dims = list(t.shape.dim)
+        first = dims[0]
+        if first.HasField("dim_value") and first.dim_value > 0 and first.dim_value != batch:
+            raise InputError(f"ONNX input '{inp.name}' has a fixed batch of {first.dim_value}; "
+                             f"compile it with --batch {first.dim_value}. {received(batch=batch)}")
+        for axis, d in enumerate(dims[1:], start=1):
+            if not (d.HasField("dim_value") and d.dim_value > 0):
+                raise InputError(f"ONNX input '{inp.name}' has a dynamic dimension at axis {axis}; "
+                                 f"edgecnn compiles static shapes. "
+                                 f"{received(shape=[x.dim_value or x.dim_param or '?' for x in dims])}")
+        first.ClearField("dim_param")
+        first.dim_value = batch
+    return model
+
+
+def _metadata_from_onnx(model) -> dict:
+    metadata = {}
+    for prop in model.metadata_props:
+        if prop.key in ("labels", "preprocessing"):
+            try:
+                metadata[prop.key] = json.loads(prop.value)
+            except json.JSONDecodeError:
+                pass
+    return metadata
+
+
+def resolve_model(model, *, batch: int = 1, opset: int = 17) -> ModelSource:
+    """A Graph, a saved-model directory, a zoo name or an ``.onnx`` path -> ModelSource."""
+    import onnx
+
+    from .ir import Graph
+    from . import onnx_io
+
+    if isinstance(model, (str, Path)) and str(model).lower().endswith(".onnx"):
+        path = Path(model)
+        if not path.is_file():
+            raise InputError(f"ONNX file not found. {received(model=str(model))}")
+        try:
+            proto = onnx.load(str(path))
+        except Exception as exc:
+            raise InputError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})") from None
+        _fix_batch(proto, batch)
+        graph, note = None, ""
+        try:
+            graph = onnx_io.import_model(proto, name=path.stem)
+        except EdgeCNNError as exc:  # an op the IR lacks: onnxruntime gives the reference instead
+            note = str(exc)
+        metadata = dict(graph.metadata) if graph is not None else _metadata_from_onnx(proto)
+        return ModelSource(proto, path.stem, graph, note, metadata)
+    if isinstance(model, Graph):
+        graph = model
+    else:
+        from .models import load_any
+
+        graph = load_any(str(model))
+    proto = onnx_io.export_model(graph, opset=opset, static_batch=batch)
+    return ModelSource(proto, graph.name, graph, "", dict(graph.metadata))
+
+
+def _opset_of(model) -> int:
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return int(imp.version)
+    return 1
+
+
+def _call_tir_op():
+    import tvm
+
+    return tvm.ir.Op.get("relax.call_tir")
+
+
+def fold_constants(mod):
+    """Evaluate every computation on constants alone, in one compiled module, and bind the results.
+
+    Relax's ``FoldConstant`` builds and runs one small module per constant call: with BatchNorm
+    statistics, Clip bounds and ``ConstantOfShape`` weights that is hundreds of LLVM builds
+    (27 s of a 35 s ResNet-50 compile, measured). Here every ``call_tir`` whose arguments are
+    constants, or results of such calls, is gathered into one function ``fold``, built once for
+    this CPU and run once; ``main`` then takes the results as constants. Expects a legalized module.
+    """
+    import tvm
+    from tvm import relax
+
+    main = mod["main"]
+    call_tir = _call_tir_op()
+    foldable: dict = {}  # var -> its call, in binding order
+    kept_values = [main.body.body]
+    for block in main.body.blocks:
+        for binding in block.bindings:
+            value = binding.value
+            if (isinstance(binding, relax.VarBinding) and isinstance(value, relax.Call) and value.op.same_as(call_tir)
+                    and all(isinstance(a, tvm.ir.expr.Constant) or a in foldable for a in value.args[1].fields)):
+                foldable[binding.var] = value
+            else:
+                kept_values.append(value)
+    used = {v for expr in kept_values for v in relax.analysis.free_vars(expr)}
+    needed = [v for v in foldable if v in used]
+    if not needed:
+        return mod
+
+    bb = relax.BlockBuilder(mod)
+    with bb.function("fold", []):
+        with bb.dataflow():
+            remap = {}
+            for var, call in foldable.items():
+                args = relax.Tuple([remap.get(a, a) for a in call.args[1].fields])
+                remap[var] = bb.emit(relax.Call(call.op, [call.args[0], args, *call.args[2:]], call.attrs,
+                                                call.ty_args))
+            out = bb.emit_output(relax.Tuple([remap[v] for v in needed]))
+        bb.emit_func_output(out)
+    fold_mod = tvm.IRModule({gv: f for gv, f in bb.get().functions.items() if gv.name_hint != "main"})
+    fold_mod = relax.transform.DeadCodeElimination(["fold"])(fold_mod)
+    executable = tvm.compile(fold_mod, target=tvm.target.Target("llvm"))
+    values = relax.VirtualMachine(executable, tvm.cpu())["fold"]()
+    constants = {v: relax.const(values[i].numpy()) for i, v in enumerate(needed)}
+
+    @relax.expr_functor.mutator
+    class _BindFolded(relax.PyExprMutator):
+        def visit_var_binding_(self, binding):
+            if binding.var not in foldable:
+                self.builder_.emit_normalized(relax.VarBinding(binding.var, self.visit_expr(binding.value)))
+
+        def visit_dataflow_var_(self, var):
+            return constants.get(var, var)
+
+        def visit_var_(self, var):
+            return constants.get(var, var)
+
+    new_main = _BindFolded(mod).visit_expr(main)
+    mod = tvm.IRModule({gv: (new_main if gv.name_hint == "main" else f) for gv, f in mod.functions.items()})
+    return relax.transform.DeadCodeElimination(["main"])(mod)
+
+
+def to_relax(onnx_model):
+    """ONNX -> a legalized Relax IRModule, weights bound and constant work folded.
+
+    Unsupported ops are named together in one CompileError.
+    """
+    import tvm
+    from tvm import relax
+    from tvm.relax.frontend.onnx import from_onnx
+
+    try:
+        mod = from_onnx(onnx_model, keep_params_in_input=False, sanitize_input_names=False)
+    except tvm.error.OpNotImplemented as exc:
+        ops = sorted(set(re.findall(r"[A-Za-z_][\w.]*", str(exc).split(":", 1)[-1])))
+        nodes = [f"{n.name or '<unnamed>'} ({n.op_type})" for n in onnx_model.graph.node if n.op_type in ops]
+        raise CompileError(f"TVM's ONNX importer does not support op(s) {', '.join(ops)}; "
+                           f"nodes: {', '.join(nodes[:8])}{' ...' if len(nodes) > 8 else ''}") from None
+    except EdgeCNNError:
+        raise
+    except Exception as exc:
+        first_line = str(exc).strip().splitlines()[-1] if str(exc).strip() else ""
+        raise CompileError(f"TVM's ONNX importer rejected the model ({type(exc).__name__}: {first_line})") from None
+    inference = tvm.transform.Sequential([
+        relax.transform.DecomposeOpsForInference(),
+        relax.transform.CanonicalizeBindings(),
+        relax.transform.LegalizeOps(),
+    ])
+    return fold_constants(inference(mod))
+
+
+# -- golden data -----------------------------------------------------------------------------------
+
+def golden_data(source: ModelSource, batch: int) -> tuple[dict, dict, str]:
+    """Seeded sample inputs and the reference outputs: NumPy backend, or onnxruntime without a graph."""
+    rng = np.random.default_rng(GOLDEN_SEED)
+    feeds = {}
+    for inp in _onnx_float_inputs(source.onnx_model):
+        shape = [d.dim_value for d in inp.type.tensor_type.shape.dim]
+        feeds[inp.name] = rng.standard_normal(shape).astype(np.float32)
+    if source.graph is not None:
+        from . import numpy_backend
+
+        outputs = numpy_backend.run(source.graph, feeds)
+        names = [o.name for o in source.onnx_model.graph.output]
+        return feeds, {n: np.asarray(outputs[n], dtype=np.float32) for n in names}, "numpy"
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(source.onnx_model.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    results = session.run(names, feeds)
+    return feeds, {n: np.asarray(r, dtype=np.float32) for n, r in zip(names, results)}, "onnxruntime"
+
+
+# -- compile ---------------------------------------------------------------------------------------
+
+@dataclass
+class CompileResult:
+    path: Path
+    manifest: dict
+    library: object  # the built tvm runtime Module (for inspection: kernels, sources)
+    relax_module: object  # the IRModule after the preset's pipeline
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _versions(opset: int) -> dict:
+    import onnx
+    import tvm
+
+    from .onnx_io import edgecnn_version
+
+    return {"edgecnn": edgecnn_version(), "tvm": tvm.__version__, "onnx": onnx.__version__, "opset": opset}
+
+
+def build(relax_mod, preset: Preset, *, database=None):
+    """Run the preset's pipeline (applying ``database`` records) and ``tvm.compile`` the result."""
+    import tvm
+
+    target = preset.target()
+    pipeline = PIPELINES[preset.device](target)
+    with target:
+        if database is not None:
+            with database:
+                lowered = pipeline(relax_mod)
+        else:
+            lowered = pipeline(relax_mod)
+    if preset.is_gpu:
+        check_gpu_scheduled(lowered, preset)
+    try:
+        executable = tvm.compile(lowered, target=target)
+    except Exception as exc:
+        lines = [x for x in str(exc).strip().splitlines() if x.strip()]
+        raise CompileError(f"tvm.compile failed for preset '{preset.name}' "
+                           f"({type(exc).__name__}: {lines[-1] if lines else ''})") from None
+    return executable, lowered
+
+
+def export_library(executable, preset: Preset, path: Path) -> None:
+    from tvm.support import cc
+
+    try:
+        executable.export_library(str(path), fcompile=cc.cross_compiler(preset.linker()))
+    except Exception as exc:
+        lines = [x for x in str(exc).strip().splitlines() if x.strip()]
+        raise CompileError(f"linking model.so with {preset.linker()} failed: {lines[-1] if lines else exc}") from None
+
+
+def compile_bundle(model, target: str, out_dir, *, batch: int = 1, tune: int = 0, tuning_db=None,
+                   opset: int = 17, log=None) -> CompileResult:
+    """Compile ``model`` for the preset ``target`` into the bundle directory ``out_dir``."""
+    start = time.perf_counter()
+    preset = get_preset(target)
+    if not isinstance(batch, int) or batch < 1:
+        raise InputError(f"batch must be a positive integer. {received(batch=batch)}")
+    if tune < 0:
+        raise InputError(f"--tune takes a number of trials >= 0. {received(tune=tune)}")
+    preset.require_buildable()
+    say = log or (lambda msg: None)
+
+    source = resolve_model(model, batch=batch, opset=opset)
+    say(f"importing {source.name} into Relax")
+    relax_mod = to_relax(source.onnx_model)
+
+    database, tuning_info = None, {"applied": False, "records": 0, "trials": 0}
+    if tune > 0 or tuning_db is not None:
+        from . import tuning
+
+        database, tuning_info = tuning.prepare(relax_mod, preset, trials=tune, db_root=tuning_db, log=say)
+
+    say(f"compiling for {preset.name}")
+    executable, lowered = build(relax_mod, preset, database=database)
+    feeds, outputs, reference = golden_data(source, batch)
+
+    out_dir = Path(out_dir)
+    with atomic_dir(out_dir) as tmp:
+        export_library(executable, preset, tmp / "model.so")
+        (tmp / "model.onnx").write_bytes(source.onnx_model.SerializeToString())
+        buf = io.BytesIO()
+        np.savez(buf, **{f"input:{k}": v for k, v in feeds.items()}, **{f"output:{k}": v for k, v in outputs.items()})
+        (tmp / "golden.npz").write_bytes(buf.getvalue())
+        manifest = {
+            "format_version": BUNDLE_FORMAT_VERSION,
+            "model_name": source.name,
+            "inputs": [{"name": k, "shape": list(v.shape), "dtype": "float32"} for k, v in feeds.items()],
+            "outputs": [{"name": k, "shape": list(v.shape), "dtype": "float32"} for k, v in outputs.items()],
+            "batch": batch,
+            "target": {"preset": preset.name, "tvm_target": preset.target_json(), "device": preset.device,
+                       "arch": preset.arch},
+            "versions": _versions(_opset_of(source.onnx_model)),
+            "files": {name: {"sha256": _sha256(tmp / name)} for name in ("model.so", "model.onnx", "golden.npz")},
+            "labels": source.metadata.get("labels"),
+            "preprocessing": source.metadata.get("preprocessing"),
+            "tuning": tuning_info,
+            "golden": {"reference": reference, "rtol": GOLDEN_RTOL, "atol": GOLDEN_ATOL},
+            "compile_seconds": round(time.perf_counter() - start, 3),
+        }
+        if source.graph is None:
+            manifest["golden"]["why"] = source.graph_note
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return CompileResult(out_dir, manifest, executable.mod, lowered)
+
+
+def compile_model(model, target: str, out_dir, *, batch: int = 1, tune: int = 0, tuning_db=None,
+                  opset: int = 17) -> Path:
+    """Compile to a bundle directory and return its path (see :func:`compile_bundle`)."""
+    return compile_bundle(model, target, out_dir, batch=batch, tune=tune, tuning_db=tuning_db, opset=opset).path
