@@ -18,6 +18,7 @@ Initialisation is seeded: He-normal (fan in) by default, Glorot-uniform on reque
 """
 from __future__ import annotations
 
+import abc
 import math
 
 import numpy as np
@@ -113,7 +114,7 @@ def Model(inputs, outputs, name: str = "model", metadata: dict | None = None) ->
                  metadata=metadata)
 
 
-class Layer:
+class Layer(abc.ABC):
     """Base layer: ``layer(symbol)`` emits the layer's node(s) and returns the output symbol."""
 
     def __init__(self, name: str | None = None):
@@ -131,8 +132,9 @@ class Layer:
             name = builder.unique_name(type(self).__name__.lower())
         return self.emit(builder, name, x)
 
+    @abc.abstractmethod
     def emit(self, b: Builder, name: str, x):
-        raise NotImplementedError
+        """Create parameters in ``b`` and emit the layer's node(s); return the output Symbol."""
 
 
 def _pair(v) -> tuple[int, int]:

@@ -93,7 +93,7 @@ class Op:
     # -- execution ----------------------------------------------------------------------------
     def forward(self, inputs: list[np.ndarray], ctx: RunContext) -> tuple[list[np.ndarray], Any]:
         """Return (outputs, cache). The cache holds what ``backward`` needs (None if not needed)."""
-        raise NotImplementedError(f"{self.op_type} has no forward")
+        raise ModelDefinitionError(self.name or None, f"{self.op_type} has no NumPy forward")
 
     def backward(self, cache: Any, grad_outputs: list[np.ndarray]) -> list[np.ndarray | None]:
         """Gradients with respect to each input (None where the input is not differentiable)."""
