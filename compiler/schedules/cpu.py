@@ -35,6 +35,7 @@ import logging
 import re
 
 import tvm
+import tvm_ffi
 from tvm.sym.analyzer import Analyzer as _Analyzer
 from tvm import relax, s_tir, te, tirx, topi
 from tvm.relax.transform.legalize_ops.nn import _nn_conv2d as _default_conv2d_legalize
@@ -458,6 +459,110 @@ class _BlockRemaining(relax.PyExprMutator):
         return call
 
 
+def _zero_pad_widths(func, in_shape, out_shape) -> tuple[int, int, int, int] | None:
+    """(top, left, bottom, right) when ``func`` is exactly TOPI's zero padding of H and W of an
+    NCHW tensor (what the ONNX frontend emits for Pad), else None. Checked by rebuilding that
+    padding for the same shapes and comparing the two functions structurally."""
+    if len(in_shape) != 4 or len(out_shape) != 4 or in_shape[:2] != out_shape[:2]:
+        return None
+    if not isinstance(func, tirx.PrimFunc) or len(func.params) != 2:
+        return None
+    try:
+        sch = s_tir.Schedule(func)
+        blocks = _root_blocks(sch)
+        if len(blocks) != 1:
+            return None
+        load = sch.get(blocks[0]).body.value.args[1]
+        iter_vars = [iv.var for iv in sch.get(blocks[0]).iter_vars]
+        analyzer = _Analyzer()
+        top = int(analyzer.simplify(iter_vars[2] - load.indices[2]))
+        left = int(analyzer.simplify(iter_vars[3] - load.indices[3]))
+    except Exception:  # pylint: disable=broad-except
+        return None
+    bottom = out_shape[2] - in_shape[2] - top
+    right = out_shape[3] - in_shape[3] - left
+    if min(top, left, bottom, right) < 0:
+        return None
+    # Rebuild TOPI's zero padding for these shapes (input named like ours) and compare the
+    # stored value: same condition, same load, same zero, over the same iteration space.
+    data = te.placeholder([tvm.tirx.IntImm("int64", d) for d in in_shape], "float32",
+                          str(func.params[0].name))
+    padded = topi.nn.pad(data, (0, 0, top, left), (0, 0, bottom, right), 0.0)
+    expected_sch = s_tir.Schedule(te.create_prim_func([data, padded]))
+    expected = expected_sch.get(_root_blocks(expected_sch)[0])
+    actual = sch.get(blocks[0])
+    if str(actual.body.value) != str(expected.body.value):
+        return None
+    if [_extent(iv) for iv in actual.iter_vars] != list(out_shape) or any(
+            int(iv.iter_type) != _DATA_PAR for iv in actual.iter_vars):
+        return None
+    store = actual.body
+    if not store.buffer.same_as(func.params[1]) or [str(i) for i in store.indices] != [
+            str(iv.var) for iv in actual.iter_vars]:
+        return None
+    if not load.source.same_as(func.params[0]):
+        return None
+    return top, left, bottom, right
+
+
+@relax.expr_functor.mutator
+class _FoldPadIntoConv(relax.PyExprMutator):
+    """``conv2d(pad(x))`` with a zero pad of H and W becomes ``conv2d(x)`` with the padding
+    added to the conv's own: the separate pad would keep the conv in NCHW and cost a pass
+    over the activation."""
+
+    def __init__(self, mod: tvm.IRModule):
+        super().__init__(mod)
+        self.module = mod
+
+    def transform(self) -> tvm.IRModule:
+        for g_var, func in self.module.functions_items():
+            if isinstance(func, relax.Function):
+                self.builder_.update_func(g_var, self.visit_expr(func))
+        return self.builder_.get()
+
+    def visit_call_(self, call):  # pylint: disable=arguments-renamed
+        call = super().visit_call_(call)
+        if not isinstance(call.op, tvm.ir.Op) or call.op.name != "relax.nn.conv2d":
+            return call
+        if str(call.attrs.data_layout) != "NCHW":
+            return call
+        data = call.args[0]
+        bound = self.lookup_binding(data) if isinstance(data, relax.Var) else None
+        if not isinstance(bound, relax.Call) or not isinstance(bound.op, tvm.ir.Op) \
+                or bound.op.name != "relax.call_tir" or not isinstance(bound.args[0], relax.GlobalVar):
+            return call
+        fields = bound.args[1].fields if isinstance(bound.args[1], relax.Tuple) else []
+        if len(fields) != 1:
+            return call
+        in_shape, out_shape = _static_shape(fields[0]), _static_shape(bound)
+        if in_shape is None or out_shape is None:
+            return call
+        func = self.module[bound.args[0]] if bound.args[0] in self.module.get_global_vars() else None
+        widths = _zero_pad_widths(func, in_shape, out_shape)
+        if widths is None:
+            return call
+        top, left, bottom, right = widths
+        p_top, p_left, p_bottom, p_right = (int(v) for v in call.attrs.padding)
+        attrs = call.attrs
+        return relax.op.nn.conv2d(
+            fields[0], call.args[1], strides=list(attrs.strides),
+            padding=[p_top + top, p_left + left, p_bottom + bottom, p_right + right],
+            dilation=list(attrs.dilation), groups=int(attrs.groups), data_layout="NCHW",
+            kernel_layout=str(attrs.kernel_layout), out_layout=str(attrs.out_layout),
+            out_dtype=attrs.out_dtype if attrs.out_dtype else None)
+
+
+def fold_pad_into_conv():
+    """Module pass form of :class:`_FoldPadIntoConv`."""
+
+    @tvm.transform.module_pass(opt_level=0, name="EdgecnnFoldPadIntoConv")
+    def _pass(mod, _ctx):
+        return _FoldPadIntoConv(mod).transform()
+
+    return _pass
+
+
 def block_remaining(lanes: int):
     """Module pass form of :class:`_BlockRemaining`."""
 
@@ -476,6 +581,8 @@ def layout_passes(lanes: int) -> list:
         relax.transform.DecomposeOpsForInference(),
         relax.transform.CanonicalizeBindings(),
         relax.transform.FoldConstant(),
+        fold_pad_into_conv(),
+        relax.transform.DeadCodeElimination(),
         relax.transform.ConvertLayout(
             {"relax.nn.conv2d": [f"NCHW{block}c", f"OIHW{block}i{block}o"]}),
         block_remaining(lanes),
@@ -565,6 +672,20 @@ def _inline_epilogue(sch, producer) -> object:
         # the inlined block's work now lives in ``current``; keep going down the chain
 
 
+# Below this many loop iterations (times the reduction) a function runs on one thread: waking
+# the pool costs more than it saves, and on a loaded machine a parallel region waits for its
+# slowest thread.
+_PARALLEL_MIN_WORK = 1 << 16
+
+
+def _work(sch, block) -> int:
+    total = 1
+    for iv in _iters(sch, block):
+        ext = _extent(iv)
+        total *= ext if ext else 1 << 10
+    return total
+
+
 def _schedule_spatial(sch, block, lanes: int) -> None:
     """Parallel outer loops and a vectorized innermost axis for an elementwise/injective block."""
     loops = sch.get_loops(block)
@@ -576,25 +697,27 @@ def _schedule_spatial(sch, block, lanes: int) -> None:
     if total is None:
         sch.parallel(fused)
         return
+    parallel = total >= _PARALLEL_MIN_WORK // 4
     vec = 0
     if inner_extent and inner_extent % lanes == 0:
         vec = lanes
-    elif inner_extent and inner_extent >= 4 and total % inner_extent == 0 and inner_extent <= 4 * lanes:
+    elif inner_extent and 4 <= inner_extent <= 4 * lanes and total % inner_extent == 0:
         vec = inner_extent
     if vec and total > vec:
         outer, inner = sch.split(fused, [None, vec])
-        if total // vec >= 2:
+        if parallel:
             sch.parallel(outer)
         sch.vectorize(inner)
     elif vec:
         sch.vectorize(fused)
-    elif total >= 64:
+    elif parallel:
         sch.parallel(fused)
 
 
 def _schedule_reduction(sch, block, lanes: int) -> None:
-    """Parallel spatial loops; the innermost spatial axis moved inside the reduction and
-    vectorized (pooling over NCHWc channels, dense over output units); init split off."""
+    """Parallel spatial loops; the innermost spatial axis (or its last ``lanes`` part) moved
+    inside the reduction and vectorized (pooling over NCHWc channels, dense over output
+    units); the initialization split off."""
     iters = _iters(sch, block)
     loops = sch.get_loops(block)
     if len(loops) != len(iters):
@@ -605,22 +728,23 @@ def _schedule_reduction(sch, block, lanes: int) -> None:
         return
     inner = spatial[-1]
     inner_extent = _loop_extent(sch, inner)
-    vectorize = inner_extent is not None and 2 <= inner_extent <= 64 and len(spatial) >= 1
-    outer = spatial[:-1] if vectorize else spatial
-    order = outer + reduce + ([inner] if vectorize else [])
-    sch.reorder(*order)
+    outer = spatial[:-1]
+    vector = None
+    if inner_extent is not None and inner_extent > lanes and inner_extent % lanes == 0:
+        inner_outer, vector = sch.split(inner, [None, lanes])
+        outer = outer + [inner_outer]
+    elif inner_extent is not None and 2 <= inner_extent <= 4 * lanes:
+        vector = inner
+    else:
+        outer = spatial
+    sch.reorder(*outer, *reduce, *([vector] if vector is not None else []))
     if outer:
         fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
         extent = _loop_extent(sch, fused)
-        if extent is None or extent >= 2:
+        if (extent is None or extent >= 2) and _work(sch, block) >= _PARALLEL_MIN_WORK:
             sch.parallel(fused)
-    if vectorize:
-        if inner_extent > lanes and inner_extent % lanes == 0:
-            vo, vi = sch.split(inner, [None, lanes])
-            sch.unroll(vo)
-            sch.vectorize(vi)
-        else:
-            sch.vectorize(inner)
+    if vector is not None:
+        sch.vectorize(vector)
     sch.decompose_reduction(block, reduce[0])
 
 
@@ -686,7 +810,8 @@ class BlockedConv(_SafeRule):
         x_out, x_in = sch.split(x, [None, reg_w])
         sch.reorder(n, oc, y, x_out, x_in, ob)
         outer = sch.fuse(n, oc, y)
-        sch.parallel(outer)
+        if _work(sch, conv) >= _PARALLEL_MIN_WORK:
+            sch.parallel(outer)
         sch.vectorize(ob)
         sch.compute_at(conv, x_out, preserve_unit_loops=True)
         # [outer, x_out, n, oc, y, x tile, channel vector, reductions...]
@@ -764,7 +889,8 @@ class PlainConv(_SafeRule):
         x_out, x_in = sch.split(x, [None, vec])
         sch.reorder(n, c_out, y, x_out, c_in, x_in)
         outer = sch.fuse(n, c_out, y)
-        sch.parallel(outer)
+        if _work(sch, conv) >= _PARALLEL_MIN_WORK:
+            sch.parallel(outer)
         sch.vectorize(x_in)
         sch.compute_at(conv, x_out, preserve_unit_loops=True)
         # [outer, x_out, n, channel tile, y, column vector, 3 reductions]

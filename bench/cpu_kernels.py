@@ -1,0 +1,456 @@
+"""CPU kernels: edgecnn's default schedules against onnxruntime, PyTorch and TVM's zero pipeline.
+
+For each model, in one process, with rounds interleaved (these machines drift 5-40% between
+runs): onnxruntime with the same thread count, PyTorch CPU when installed (zoo and imported
+models through the test fixtures' graph mirror), TVM's untuned zero pipeline, edgecnn's default
+CPU schedules (untuned), and edgecnn tuned when ``--tune-trials`` gives a budget. Each round
+runs a block of calls per peer and drops the first call of the block, so a peer's thread pool
+still spinning from its previous block does not bill the next peer.
+
+Printed per model: p50 latency, ratio to onnxruntime, GFLOP/s and the fraction of the machine's
+measured fp32 peak (a 2048x2048 SGEMM through NumPy's BLAS with the same threads). With
+``--layers`` it also times every compiled function of the edgecnn module alone: share of the
+model, GFLOP/s, fraction of peak. Writes ``bench/results/cpu_kernels.json`` and a PNG chart.
+
+    .venv/bin/python bench/cpu_kernels.py                       # whole suite, 2 threads
+    .venv/bin/python bench/cpu_kernels.py --models 3conv-224 vgg-small --layers
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from _common import machine, print_table, set_threads, write_result
+
+LIGHT_DIR = "backend/test/data/light"
+LIGHT_MODELS = {"resnet50": "light_resnet50.onnx", "squeezenet": "light_squeezenet.onnx"}
+PLAIN_NET = "3conv-224"
+
+
+def parse_args(argv=None):
+    from edgecnn.compiler import zoo
+
+    names = [*zoo.NAMES, *LIGHT_MODELS, PLAIN_NET]
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", nargs="+", default=names, choices=names)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=8, help="interleaved rounds per model")
+    p.add_argument("--per-round", type=int, default=6, help="calls per peer per round (first dropped)")
+    p.add_argument("--target", default="host", help="edgecnn CPU preset (must run on this machine)")
+    p.add_argument("--zero-max-s", type=float, default=60.0,
+                   help="skip TVM's zero pipeline for a model when one call takes longer")
+    p.add_argument("--no-zero", action="store_true", help="do not build TVM's zero pipeline")
+    p.add_argument("--tune-trials", type=int, default=0,
+                   help="MetaSchedule trials for the tuned edgecnn peer (0: not run)")
+    p.add_argument("--layers", action="store_true", help="time every compiled function alone")
+    p.add_argument("--name", default="cpu_kernels", help="result file stem under bench/results/")
+    return p.parse_args(argv)
+
+
+# -- models ------------------------------------------------------------------------------------
+
+def plain_net_onnx():
+    """Three 3x3 convolutions at 224x224, about 0.95 GFLOP: conv 3->32 stride 2, conv 32->64,
+    max pool, conv 64->128, global average pool, dense 128->10 (fixed seed)."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits, nodes = [], []
+
+    def conv(x, cin, cout, stride, name):
+        w = (rng.standard_normal((cout, cin, 3, 3)) / np.sqrt(cin * 9)).astype(np.float32)
+        b = (rng.standard_normal(cout) * 0.1).astype(np.float32)
+        inits.extend([numpy_helper.from_array(w, f"{name}.w"), numpy_helper.from_array(b, f"{name}.b")])
+        nodes.append(helper.make_node("Conv", [x, f"{name}.w", f"{name}.b"], [f"{name}.y"],
+                                      kernel_shape=[3, 3], strides=[stride, stride], pads=[1, 1, 1, 1]))
+        nodes.append(helper.make_node("Relu", [f"{name}.y"], [f"{name}.r"]))
+        return f"{name}.r"
+
+    y = conv("input", 3, 32, 2, "conv1")
+    y = conv(y, 32, 64, 1, "conv2")
+    nodes.append(helper.make_node("MaxPool", [y], ["pool"], kernel_shape=[2, 2], strides=[2, 2]))
+    y = conv("pool", 64, 128, 1, "conv3")
+    nodes.append(helper.make_node("GlobalAveragePool", [y], ["gap"]))
+    nodes.append(helper.make_node("Flatten", ["gap"], ["flat"], axis=1))
+    w = (rng.standard_normal((10, 128)) * 0.1).astype(np.float32)
+    inits.extend([numpy_helper.from_array(w, "fc.w"), numpy_helper.from_array(np.zeros(10, np.float32), "fc.b")])
+    nodes.append(helper.make_node("Gemm", ["flat", "fc.w", "fc.b"], ["logits"], transB=1))
+    graph = helper.make_graph(
+        nodes, PLAIN_NET, [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 224, 224])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 10])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def load_model(name):
+    """(onnx ModelProto with batch 1, edgecnn Graph or None)."""
+    import onnx
+
+    from edgecnn.compiler import onnx_io, zoo
+
+    if name in LIGHT_MODELS:
+        path = Path(onnx.__file__).parent / LIGHT_DIR / LIGHT_MODELS[name]
+        model = onnx.load(str(path))
+    elif name == PLAIN_NET:
+        model = plain_net_onnx()
+    else:
+        return onnx_io.export_model(zoo.build(name, seed=0), static_batch=1), zoo.build(name, seed=0)
+    try:
+        graph = onnx_io.import_model(model)
+    except Exception:  # noqa: BLE001 - the PyTorch peer is optional; the ONNX path is what we bench
+        graph = None
+    return model, graph
+
+
+def input_feeds(model):
+    import numpy as np
+
+    initializers = {t.name for t in model.graph.initializer}
+    feeds = {}
+    rng = np.random.default_rng(0)
+    for value in model.graph.input:
+        if value.name in initializers:
+            continue
+        dims = [d.dim_value if d.dim_value > 0 else 1 for d in value.type.tensor_type.shape.dim]
+        feeds[value.name] = rng.standard_normal(dims).astype(np.float32)
+    return feeds
+
+
+# -- peers -------------------------------------------------------------------------------------
+
+def ort_peer(model, feeds, threads):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return lambda: session.run(None, feeds)[0]
+
+
+def torch_peer(graph, feeds, threads):
+    try:
+        import torch
+    except ImportError:
+        return None
+    if graph is None:
+        return None
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "tests" / "compiler" / "conftest.py"
+    spec = importlib.util.spec_from_file_location("edgecnn_test_conftest", path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+        mirror = module.graph_to_torch(graph).eval()
+    except BaseException:  # noqa: BLE001 - pytest.fail raises BaseException for unmapped ops
+        return None
+    torch.set_num_threads(threads)
+    tensors = [torch.from_numpy(v) for v in feeds.values()]
+
+    def run():
+        with torch.no_grad():
+            out = mirror(*tensors)
+        return (out[0] if isinstance(out, (tuple, list)) else out).numpy()
+
+    return run
+
+
+def _vm_peer(executable, feeds):
+    import tvm
+    from tvm import relax
+
+    vm = relax.VirtualMachine(executable, tvm.cpu())
+    args = [tvm.runtime.tensor(v) for v in feeds.values()]
+
+    def run():
+        out = vm["main"](*args)
+        return (out[0] if not hasattr(out, "numpy") else out).numpy()
+
+    return run
+
+
+def relax_module(model):
+    from tvm.relax.frontend.onnx import from_onnx
+
+    return from_onnx(model, keep_params_in_input=False)
+
+
+def zero_peer(model, feeds, target):
+    import tvm
+    from tvm import relax
+
+    mod = relax_module(model)
+    with target:
+        mod = tvm.transform.Sequential([relax.transform.DecomposeOpsForInference(),
+                                        relax.get_pipeline("zero")])(mod)
+    return _vm_peer(tvm.compile(mod, target=target), feeds)
+
+
+def edgecnn_build(model, target, database=None):
+    import tvm
+
+    from edgecnn.compiler.schedules import cpu
+
+    mod = relax_module(model)
+    with target:
+        if database is not None:
+            with database:
+                lowered = tvm.transform.Sequential(cpu.cpu_passes(target))(mod)
+        else:
+            lowered = tvm.transform.Sequential(cpu.cpu_passes(target))(mod)
+    return tvm.compile(lowered, target=target), lowered
+
+
+def tuned_database(model, target, trials, work_dir):
+    """MetaSchedule records for the blocked-layout functions (the ones the default rules
+    schedule), so records replace default schedules function by function."""
+    import tvm
+    from tvm.s_tir import meta_schedule as ms
+
+    from edgecnn.compiler.schedules import cpu
+
+    mod = relax_module(model)
+    with target:
+        staged = tvm.transform.Sequential(cpu.cpu_graph_stage(target))(mod)
+    return ms.relax_integration.tune_relax(
+        mod=staged, params={}, target=target, work_dir=str(work_dir), max_trials_global=trials,
+        num_trials_per_iter=min(16, trials))
+
+
+# -- measurement -------------------------------------------------------------------------------
+
+def interleaved(peers: dict, rounds: int, per_round: int) -> dict:
+    """Per-call seconds of each peer: rounds alternate between peers; in each round a peer makes
+    ``per_round`` calls and the first is dropped (another peer's spinning pool may still hold
+    the cores then)."""
+    samples = {name: [] for name in peers}
+    for fn in peers.values():
+        fn()
+    for _ in range(rounds):
+        for name, fn in peers.items():
+            for i in range(per_round):
+                start = time.perf_counter()
+                fn()
+                if i:
+                    samples[name].append(time.perf_counter() - start)
+    return samples
+
+
+def peak_gflops(threads: int) -> float:
+    """fp32 GFLOP/s of a 2048x2048 SGEMM through NumPy's BLAS: the measured ceiling."""
+    import numpy as np
+
+    n = 2048
+    a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
+    b = np.random.default_rng(1).standard_normal((n, n)).astype(np.float32)
+    a @ b
+    times = []
+    for _ in range(5):
+        start = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - start)
+    return 2 * n ** 3 / min(times) / 1e9
+
+
+def function_flops(func) -> int:
+    """2 x the iteration space of the largest reduction block: the MACs of a conv or dense."""
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(func)
+    best = 0
+    for block in _all_blocks(sch):
+        iters = sch.get(block).iter_vars
+        if not any(int(iv.iter_type) == 2 for iv in iters):
+            continue
+        size = 1
+        for iv in iters:
+            size *= int(iv.dom.extent)
+        best = max(best, size)
+    return 2 * best
+
+
+def _all_blocks(sch):
+    root = sch.get_sblock("root")
+    return list(sch.get_child_blocks(root))
+
+
+def layer_profile(lowered, target, rounds=7) -> list[dict]:
+    """Each compiled function alone, on random inputs of its shapes."""
+    import numpy as np
+    import tvm
+
+    rows = []
+    for g_var, func in lowered.functions_items():
+        if not isinstance(func, tvm.tirx.PrimFunc):
+            continue
+        try:
+            flops = function_flops(func)
+        except Exception:  # noqa: BLE001 - unscheduled-looking funcs without a root block
+            flops = 0
+        lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=target)
+        args = [tvm.runtime.tensor(np.random.default_rng(0).random([int(s) for s in p.shape]).astype(p.dtype))
+                for p in func.params]
+        fn = lib["main"]
+        fn(*args)
+        times = []
+        for _ in range(rounds):
+            start = time.perf_counter()
+            fn(*args)
+            times.append(time.perf_counter() - start)
+        rows.append({"function": g_var.name_hint, "ms": statistics.median(times) * 1e3, "flops": flops})
+    return rows
+
+
+def model_flops(lowered) -> int:
+    import tvm
+
+    total = 0
+    for _, func in lowered.functions_items():
+        if isinstance(func, tvm.tirx.PrimFunc):
+            try:
+                total += function_flops(func)
+            except Exception:  # noqa: BLE001
+                pass
+    return total
+
+
+def chart(results, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    peers = [p for p in ("pytorch", "tvm-zero", "edgecnn", "edgecnn-tuned")
+             if any(p in r["ratio_to_onnxruntime"] for r in results)]
+    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(results)), 4))
+    width = 0.8 / max(len(peers), 1)
+    for i, peer in enumerate(peers):
+        values = [r["ratio_to_onnxruntime"].get(peer, float("nan")) for r in results]
+        ax.bar([x + i * width for x in range(len(results))], values, width, label=peer)
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_yscale("log")
+    ax.set_xticks([x + width * (len(peers) - 1) / 2 for x in range(len(results))])
+    ax.set_xticklabels([r["model"] for r in results], rotation=20)
+    ax.set_ylabel("p50 latency / onnxruntime (log)")
+    ax.set_title("batch 1 CPU latency relative to onnxruntime (lower is faster)")
+    ax.legend()
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    os.replace(tmp, path)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    set_threads(args.threads)
+    os.environ["TVM_NUM_THREADS"] = str(args.threads)
+    import numpy as np
+
+    from edgecnn.targets.presets import get_preset
+
+    target = get_preset(args.target).target()
+    peak = peak_gflops(args.threads)
+    print(f"measured fp32 peak (SGEMM 2048, {args.threads} threads): {peak:.0f} GFLOP/s; "
+          f"load average {os.getloadavg()}", file=sys.stderr)
+    results, rows = [], []
+    for name in args.models:
+        model, graph = load_model(name)
+        feeds = input_feeds(model)
+        print(f"[{name}] building", file=sys.stderr)
+        start = time.perf_counter()
+        executable, lowered = edgecnn_build(model, target)
+        compile_s = time.perf_counter() - start
+        peers = {"onnxruntime": ort_peer(model, feeds, args.threads),
+                 "edgecnn": _vm_peer(executable, feeds)}
+        torch_run = torch_peer(graph, feeds, args.threads)
+        if torch_run is not None:
+            peers["pytorch"] = torch_run
+        if args.tune_trials > 0:
+            import tempfile
+
+            with tempfile.TemporaryDirectory() as work:
+                database = tuned_database(model, target, args.tune_trials, Path(work))
+                tuned_exec, _ = edgecnn_build(model, target, database)
+            peers["edgecnn-tuned"] = _vm_peer(tuned_exec, feeds)
+        reference = peers["onnxruntime"]()
+        for peer, fn in peers.items():
+            err = float(np.max(np.abs(fn() - reference)))
+            scale = float(np.max(np.abs(reference))) + 1e-6
+            if err > 1e-3 * scale + 1e-4:
+                raise SystemExit(f"{name}: {peer} disagrees with onnxruntime (max abs error {err:.3g})")
+        zero_note = None
+        if not args.no_zero:
+            zero = zero_peer(model, feeds, target)
+            start = time.perf_counter()
+            zero()
+            one_call = time.perf_counter() - start
+            if one_call <= args.zero_max_s:
+                peers["tvm-zero"] = zero
+            else:
+                zero_note = f"one call {one_call:.1f} s > --zero-max-s"
+        # the zero pipeline is 50-100x slower: give it one call per round, not a block
+        slow = {k: v for k, v in peers.items() if k == "tvm-zero"}
+        fast = {k: v for k, v in peers.items() if k != "tvm-zero"}
+        samples = interleaved(fast, args.rounds, args.per_round)
+        if slow:
+            samples.update(interleaved(slow, max(2, args.rounds // 4), 2))
+        flops = model_flops(lowered)
+        p50 = {k: statistics.median(v) for k, v in samples.items()}
+        ratio = {k: v / p50["onnxruntime"] for k, v in p50.items() if k != "onnxruntime"}
+        gflops = {k: flops / v / 1e9 for k, v in p50.items()}
+        result = {"model": name, "gflop": flops / 1e9, "p50_ms": {k: v * 1e3 for k, v in p50.items()},
+                  "ratio_to_onnxruntime": ratio, "gflops": gflops,
+                  "fraction_of_peak": {k: v / peak for k, v in gflops.items()},
+                  "edgecnn_compile_s": compile_s, "zero_skipped": zero_note,
+                  "samples": {k: len(v) for k, v in samples.items()}}
+        if args.layers:
+            layer_rows = layer_profile(lowered, target)
+            total = sum(r["ms"] for r in layer_rows) or 1.0
+            for r in layer_rows:
+                r["share"] = r["ms"] / total
+                r["gflops"] = r["flops"] / (r["ms"] * 1e-3) / 1e9 if r["ms"] > 0 else 0.0
+                r["fraction_of_peak"] = r["gflops"] / peak
+            result["layers"] = sorted(layer_rows, key=lambda r: -r["ms"])
+        results.append(result)
+        row = {"model": name, "GFLOP": flops / 1e9, "ort ms": p50["onnxruntime"] * 1e3}
+        for peer in ("pytorch", "tvm-zero", "edgecnn", "edgecnn-tuned"):
+            if peer in p50:
+                row[f"{peer} ms"] = p50[peer] * 1e3
+                row[f"{peer} x"] = ratio[peer]
+        row["edgecnn GFLOP/s"] = gflops["edgecnn"]
+        row["edgecnn %peak"] = 100 * gflops["edgecnn"] / peak
+        row["ort %peak"] = 100 * gflops["onnxruntime"] / peak
+        rows.append(row)
+        print_table([row])
+        if args.layers:
+            print_table([{k: (round(v, 3) if isinstance(v, float) else v)
+                          for k, v in r.items() if k != "flops"} for r in result["layers"][:8]])
+        print(file=sys.stderr)
+    columns = sorted({c for r in rows for c in r}, key=lambda c: list(rows[0]).index(c) if c in rows[0] else 99)
+    print()
+    print(f"batch 1, {args.threads} threads, target {args.target}; ratios are p50 over onnxruntime in the same run")
+    print_table(rows, columns)
+    edge_ratios = [r["ratio_to_onnxruntime"]["edgecnn"] for r in results]
+    summary = {"median_ratio_edgecnn": statistics.median(edge_ratios), "max_ratio_edgecnn": max(edge_ratios)}
+    print(f"edgecnn untuned: median ratio {summary['median_ratio_edgecnn']:.2f}, "
+          f"worst {summary['max_ratio_edgecnn']:.2f}")
+    path = write_result(args.name, {"threads": args.threads, "target": args.target, "peak_gflops": peak,
+                                    "load_after": os.getloadavg(), "summary": summary, "models": results,
+                                    "tune_trials": args.tune_trials, "machine_at_start": machine()})
+    png = path.with_suffix(".png")
+    chart(results, png)
+    print(f"wrote {path} and {png}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
