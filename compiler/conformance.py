@@ -114,7 +114,7 @@ def run_case(case: Case, rtol: float = RTOL, atol: float = ATOL) -> Result:
         graph = onnx_io.import_model(case.model_path)
     except UnsupportedOpError as exc:
         kinds = list(getattr(exc, "op_types", []))
-        kinds += [p.split(" (")[0].split(":")[0] for p in getattr(exc, "problems", [])]
+        kinds += [_short_problem(p) for p in getattr(exc, "problems", [])]
         reason = "unsupported: " + ("; ".join(kinds) if kinds else _first_line(exc))
         return Result(case.id, "skip", reason, seconds=time.perf_counter() - start)
     except EdgeCNNError as exc:
@@ -188,6 +188,14 @@ def _compare_inner_with_onnxruntime(case, graph, feeds, values, rtol, atol) -> s
             return (f"tensor '{name}' feeding the outputs differs from onnxruntime: shapes {got.shape} / "
                     f"{want.shape}, max abs error {err:.3g}")
     return ""
+
+
+def _short_problem(problem: str) -> str:
+    """One importer problem without the node names it lists (a grouping key for the report)."""
+    import re
+
+    text = re.sub(r"(Layer|node|Node) '[^']*' ?", "", problem)
+    return text.split(". Received")[0].split(" (edgecnn ")[0].strip()
 
 
 def run_all(cases: list[Case], rtol: float = RTOL, atol: float = ATOL, progress=None) -> list[Result]:

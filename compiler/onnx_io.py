@@ -506,30 +506,41 @@ def import_model(source, name: str | None = None) -> Graph:
     ctx = _Context(constants=constants, opset=opset, shapes={s.name: s.shape for s in inputs})
 
     ir_nodes: list[Node] = []
+    # What an op's own from_onnx refuses (a configuration it does not implement) is collected too,
+    # so one run reports every refused node; nodes downstream of a refused one are not converted.
+    refused: list[str] = []
+    blocked: set[str] = set()
+    consumed = {i for n in order for i in n.input} | {o.name for o in g.output}
     for node in order:
-        if node.op_type in CONSTANT_SOURCES:
-            value = CONSTANT_SOURCES[node.op_type](node, {k: constants[k] for k in node.input if k in constants})
-            constants[node.output[0]] = value
+        if any(resolve(i) in blocked for i in node.input if i):
+            blocked.update(o for o in node.output if o)
             continue
-        if node.op_type in INFERENCE_NO_OPS:
-            extra = [o for o in node.output[1:] if o]
-            consumed = {i for n in order for i in n.input} | {o.name for o in g.output}
-            if any(o in consumed for o in extra):
-                raise UnsupportedOpError(f"node '{node.name}' ({node.op_type}): its mask output is used, which "
-                                         "only training computes. Received: outputs=" + str(list(node.output)))
-            src = resolve(node.input[0])
-            if src in constants:
-                constants[node.output[0]] = constants[src]
-            else:
-                alias[node.output[0]] = src
-            continue
-        cls = REGISTRY[node.op_type]
-        resolved = onnx.NodeProto()
-        resolved.CopyFrom(node)
-        del resolved.input[:]
-        resolved.input.extend([resolve(i) if i else "" for i in node.input])
         try:
+            if node.op_type in CONSTANT_SOURCES:
+                constants[node.output[0]] = CONSTANT_SOURCES[node.op_type](
+                    node, {k: constants[k] for k in node.input if k in constants})
+                continue
+            if node.op_type in INFERENCE_NO_OPS:
+                if any(o in consumed for o in node.output[1:] if o):
+                    raise UnsupportedOpError(f"node '{node.name}' ({node.op_type}): its mask output is used, "
+                                             f"which only training computes. Received: outputs={list(node.output)}")
+                src = resolve(node.input[0])
+                if src in constants:
+                    constants[node.output[0]] = constants[src]
+                else:
+                    alias[node.output[0]] = src
+                continue
+            cls = REGISTRY[node.op_type]
+            resolved = onnx.NodeProto()
+            resolved.CopyFrom(node)
+            del resolved.input[:]
+            resolved.input.extend([resolve(i) if i else "" for i in node.input])
             attrs, ins, outs = cls.from_onnx(resolved, opset, ctx)
+        except UnsupportedOpError as exc:
+            text = str(exc)
+            refused.append(text if f"'{node.name}'" in text else f"node '{node.name}' ({node.op_type}): {text}")
+            blocked.update(o for o in node.output if o)
+            continue
         except EdgeCNNError as exc:
             if f"'{node.name}'" in str(exc):
                 raise
@@ -546,6 +557,9 @@ def import_model(source, name: str | None = None) -> Graph:
         out_shapes = op.infer_shapes([ctx.shape(i) if i else None for i in ir_node.inputs])
         ctx.shapes.update(zip(ir_node.outputs, (tuple(s) for s in out_shapes)))
         ir_nodes.append(ir_node)
+
+    if refused:
+        raise _unsupported(refused, [], opset)
 
     # Graph outputs keep their ONNX names: an output that was passed through a removed node
     # renames the tensor it aliases.

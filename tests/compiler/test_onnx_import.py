@@ -316,6 +316,19 @@ def test_unsupported_ops_are_all_reported_with_node_names_and_types():
     assert err.value.op_types == ["LRN", "Neg", "Transpose"]
 
 
+def test_configurations_ops_refuse_are_all_reported_too():
+    # Two independent 1-D convolutions (the ops implement 2-D only) and a node downstream of them.
+    w1 = np.zeros((2, 4, 3), np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], name="conv_a"),
+             helper.make_node("Conv", ["x", "w1"], ["b"], name="conv_b"),
+             helper.make_node("Add", ["a", "b"], ["y"], name="join")]
+    model = make_model(nodes, [("x", [1, 4, 9])], [("y", [1, 2, 7])], {"w1": w1})
+    with pytest.raises(UnsupportedOpError) as err:
+        onnx_io.import_model(model)
+    message = str(err.value)
+    assert "'conv_a'" in message and "'conv_b'" in message and "join" not in message
+
+
 def test_opsets_an_op_does_not_implement_and_other_domains():
     nodes = [helper.make_node("Add", ["x", "x"], ["a"], name="old_add"),
              helper.make_node("Custom", ["a"], ["y"], name="mine", domain="com.example")]
