@@ -157,3 +157,9 @@ def test_torch_export_of_the_zoo_imports_and_matches_pytorch(name, folding, torc
         got = numpy_backend.run(imported, {"pixels": xb})["scores"]
         assert got.shape == expected.shape and got.dtype == np.float32
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    # and edgecnn's re-export of the imported graph computes the same under onnxruntime
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(onnx_io.export_model(imported).SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(["scores"], {"pixels": xb})[0], expected, rtol=1e-5, atol=1e-5)
