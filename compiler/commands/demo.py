@@ -51,18 +51,20 @@ def load_digits(graph, seed: int):
 
 def classify(graph, dataset, count: int) -> dict:
     """Logits of the NumPy backend for the first ``count`` test digits."""
+    from edgecnn.runtime.images import top_k
+
     from .. import numpy_backend
 
     index = dataset.split.test[:count]
     x = dataset.batch(index)
     start = time.perf_counter()
-    logits = numpy_backend.run(graph, {graph.inputs[0].name: x})[graph.outputs[0]]
+    outputs = numpy_backend.run(graph, {graph.inputs[0].name: x})
     seconds = time.perf_counter() - start
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    probs = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
+    best = [ranked[0] for ranked in top_k(outputs, graph.outputs, dataset.labels, k=1)]
     progress(f"NumPy backend: {len(index)} digits in {seconds * 1e3:.1f} ms")
-    return {"index": index, "truth": dataset.y[index], "predicted": probs.argmax(axis=1),
-            "confidence": probs.max(axis=1), "seconds": seconds, "labels": dataset.labels}
+    return {"index": index, "truth": dataset.y[index], "predicted": np.array([b["index"] for b in best]),
+            "confidence": np.array([b["probability"] for b in best]), "seconds": seconds,
+            "labels": dataset.labels}
 
 
 def write_report(out_dir: Path, table: str, predictions: dict, trained: bool) -> Path:
