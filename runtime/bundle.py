@@ -18,6 +18,7 @@ from __future__ import annotations
 import abc
 import hashlib
 import json
+import os
 import platform
 import time
 from dataclasses import dataclass
@@ -225,18 +226,22 @@ def _as_arrays(result) -> list[np.ndarray]:
     return [item.numpy() for item in result]
 
 
-def set_threads(count: int | None, config_threadpool=None) -> None:
-    """Size TVM's CPU thread pool (``runtime.config_threadpool``); None leaves TVM's default."""
+THREADS_ENV = "TVM_NUM_THREADS"
+
+
+def set_threads(count: int | None) -> None:
+    """Size TVM's CPU thread pool for this process; None leaves TVM's default.
+
+    TVM 0.27's runtime sizes its pool from ``TVM_NUM_THREADS`` when the pool starts (the first
+    parallel kernel of the process); ``runtime.config_threadpool`` measurably changes nothing
+    here afterwards. So the variable is set, and takes effect when no bundle has run yet in this
+    process, which is the case for every ``edgecnn`` command that runs bundles.
+    """
     if count is None:
         return
     if count < 1:
         raise InputError(f"--threads must be at least 1. {received(threads=count)}")
-    if config_threadpool is None:
-        import tvm
-
-        config_threadpool = tvm.get_global_func("runtime.config_threadpool")
-    # Affinity mode 0: no pinning (big-little aware modes mean nothing on x86 VMs).
-    config_threadpool(0, int(count))
+    os.environ[THREADS_ENV] = str(int(count))
 
 
 class LocalExecutor(Executor):

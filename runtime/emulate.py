@@ -149,9 +149,11 @@ class EmulatedExecutor(Executor):
                 array.tofile(work / f"input_{k}.bin")
                 lines.append(" ".join(map(str, [f"input_{k}.bin", array.ndim, *array.shape])))
             (work / "inputs.txt").write_text("\n".join(lines) + "\n")
-            command = [self.qemu, "-L", str(SYSROOT), "-E", f"LD_LIBRARY_PATH={runtime_dir()}",
-                       str(self.runner), str(self.library.resolve()), str(work), str(repeat), str(warmup),
-                       str(self.threads)]
+            env = ["-E", f"LD_LIBRARY_PATH={runtime_dir()}"]
+            if self.threads:
+                env += ["-E", f"TVM_NUM_THREADS={self.threads}"]
+            command = [self.qemu, "-L", str(SYSROOT), *env, str(self.runner), str(self.library.resolve()),
+                       str(work), str(repeat), str(warmup)]
             try:
                 result = subprocess.run(command, capture_output=True, text=True, timeout=self.timeout_s)
             except subprocess.TimeoutExpired:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .bundle import Bundle, Executor, _as_arrays, _check_signature, set_threads
+from .bundle import Bundle, Executor, _as_arrays, _check_signature
 from .errors import EdgeCNNError, InputError, received
 
 SERVER_COMMAND = "python -m tvm.exec.rpc_server --host 0.0.0.0 --port 9090"
@@ -40,6 +40,11 @@ class RemoteExecutor(Executor):
 
         self._tvm = tvm
         host, port = parse_address(address)
+        if threads is not None:
+            # The remote pool is sized by TVM_NUM_THREADS where the server starts; 0.27's
+            # runtime.config_threadpool does not resize it, so a remote --threads would be a lie.
+            raise InputError("--threads cannot be set over RPC: start the server on the device with "
+                             f"TVM_NUM_THREADS=N {SERVER_COMMAND}")
         self.address = f"{host}:{port}"
         try:
             self.session = rpc.connect(host, port, session_timeout=session_timeout)
@@ -52,8 +57,6 @@ class RemoteExecutor(Executor):
             self.session.upload(str(library), target=remote_name)
             module = self.session.load_module(remote_name)
             self.device = self.session.cuda(0) if device_kind == "cuda" else self.session.cpu(0)
-            if threads is not None:
-                set_threads(threads, self.session.get_function("runtime.config_threadpool"))
             self.vm = VirtualMachine(module, self.device)
         except EdgeCNNError:
             raise

@@ -58,9 +58,9 @@ def open_bundle(path, args) -> Bundle:
         from edgecnn.runtime.emulate import open_emulated
 
         return open_emulated(path, threads=threads)
-    bundle = Bundle.open(path)
+    # Before any code runs: TVM sizes its thread pool when the first kernel starts.
     set_threads(threads if threads is not None else default_threads())
-    return bundle
+    return Bundle.open(path)
 
 
 def where(args) -> str:

@@ -4,13 +4,14 @@
 // headers (TVM's own runtime headers are not usable from the wheel) and links the wheel's
 // libtvm_runtime.so and libtvm_ffi.so.
 //
-// usage: runner MODEL.so WORK_DIR REPEAT WARMUP THREADS
+// usage: runner MODEL.so WORK_DIR REPEAT WARMUP
 //   WORK_DIR/inputs.txt   one line per input, in the order of `main`'s parameters:
 //                         FILE NDIM D0 D1 ...   (FILE relative to WORK_DIR, raw float32)
 //   WORK_DIR/output_K.bin written raw float32, one per output
 //   WORK_DIR/outputs.txt  one line per output: output_K.bin NDIM D0 D1 ...
 //   WORK_DIR/times.txt    seconds per timed call, one per line (REPEAT lines; 0 when REPEAT is 0)
-// THREADS > 0 sizes TVM's thread pool. Exit status 0 on success; errors go to stderr.
+// TVM_NUM_THREADS in the environment sizes TVM's thread pool. Exit status 0 on success;
+// errors go to stderr.
 #include <tvm/ffi/any.h>
 #include <tvm/ffi/container/array.h>
 #include <tvm/ffi/container/tensor.h>
@@ -111,16 +112,12 @@ void WriteOutputs(const std::string& dir, const ffi::Any& result) {
 }
 
 int Run(int argc, char** argv) {
-  if (argc != 6) {
-    std::cerr << "usage: " << argv[0] << " MODEL.so WORK_DIR REPEAT WARMUP THREADS\n";
+  if (argc != 5) {
+    std::cerr << "usage: " << argv[0] << " MODEL.so WORK_DIR REPEAT WARMUP\n";
     return 2;
   }
   std::string library = argv[1], dir = argv[2];
-  int repeat = std::atoi(argv[3]), warmup = std::atoi(argv[4]), threads = std::atoi(argv[5]);
-  if (threads > 0) {
-    auto config = ffi::Function::GetGlobal("runtime.config_threadpool");
-    if (config) (*config)(0, threads);
-  }
+  int repeat = std::atoi(argv[3]), warmup = std::atoi(argv[4]);
   ffi::Module lib = ffi::Module::LoadFromFile(library);
   auto load_executable = lib->GetFunction("vm_load_executable", true);
   if (!load_executable) throw std::runtime_error(library + " has no vm_load_executable (not a Relax VM library)");

@@ -48,7 +48,7 @@ def rpc_server():
 
 
 def test_rpc_round_trip_matches_onnxruntime(rpc_server, tiny_bundle, onnxruntime_reference, rng):
-    bundle = open_remote(tiny_bundle, rpc_server, threads=1)
+    bundle = open_remote(tiny_bundle, rpc_server)
     x = rng.standard_normal((3, 1, 8, 8)).astype(np.float32)
     out = bundle.run({"input": x})
     padded = np.concatenate([x, np.zeros((1, 1, 8, 8), np.float32)])
@@ -135,14 +135,18 @@ def test_cli_run_and_bench_over_rpc(rpc_server, tiny_bundle, onnxruntime_referen
     with np.load(tmp_path / "out.npz") as out:
         np.testing.assert_allclose(out["logits"], onnxruntime_reference(tiny_bundle, {"input": x})["logits"],
                                    rtol=RTOL, atol=ATOL)
-    code, out, err = _cli(capsys, "bench", tiny_bundle, "--rpc", rpc_server, "--repeat", 10, "--warmup", 2,
-                          "--threads", 1, "--json")
+    code, out, err = _cli(capsys, "bench", tiny_bundle, "--rpc", rpc_server, "--repeat", 10, "--warmup", 2, "--json")
     assert code == 0, err
     doc = json.loads(out)
-    assert doc["where"] == f"rpc {rpc_server}" and doc["threads"] == 1 and doc["repeat"] == 10
+    assert doc["where"] == f"rpc {rpc_server}" and doc["threads"] is None and doc["repeat"] == 10
     assert 0 < doc["p50_ms"] <= doc["p99_ms"]
 
 
 def test_cli_compare_refused_with_rpc(tiny_bundle, capsys):
     code, _, err = _cli(capsys, "bench", tiny_bundle, "--rpc", "127.0.0.1:9", "--compare", "onnxruntime")
     assert code == 2 and "--compare onnxruntime" in err
+
+
+def test_threads_over_rpc_point_to_the_server_environment(tiny_bundle, capsys):
+    code, _, err = _cli(capsys, "bench", tiny_bundle, "--rpc", "127.0.0.1:9", "--threads", "2")
+    assert code == 2 and "TVM_NUM_THREADS=N python -m tvm.exec.rpc_server" in err
