@@ -394,50 +394,45 @@ def _sorted_nodes(onnx_nodes, available: set[str]):
     return order
 
 
-def import_model(source, name: str | None = None) -> Graph:
-    """An IR Graph from an ONNX file path, bytes or ModelProto."""
+def _uniquely_named(onnx_nodes) -> list:
+    """The nodes with unique, non-empty names (ONNX allows empty and repeated ones)."""
     onnx = _onnx()
-    model = load_onnx(source)
-    g = model.graph
-    opset = _default_opset(model)
-
-    # Nodes get unique, non-empty names (ONNX allows empty and repeated ones).
     taken: set[str] = set()
-    node_names = []
-    for i, node in enumerate(g.node):
+    named = []
+    for i, node in enumerate(onnx_nodes):
         base = node.name or (node.output[0] if node.output and node.output[0] else f"{node.op_type}_{i}")
-        nm, k = base, 0
-        while nm in taken:
+        name, k = base, 0
+        while name in taken:
             k += 1
-            nm = f"{base}_{k}"
-        taken.add(nm)
-        node_names.append(nm)
-    named_nodes = []
-    for node, nm in zip(g.node, node_names):
-        if node.name != nm:
+            name = f"{base}_{k}"
+        taken.add(name)
+        if node.name != name:
             copy = onnx.NodeProto()
             copy.CopyFrom(node)
-            copy.name = nm
+            copy.name = name
             node = copy
-        named_nodes.append(node)
+        named.append(node)
+    return named
 
-    constants: dict[str, np.ndarray] = {}
-    for tensor in g.initializer:
-        constants[tensor.name] = _tensor_to_array(tensor, "initializer")
-    problems: list[str] = [f"sparse initializer '{t.values.name}'" for t in g.sparse_initializer]
+
+def _graph_inputs(g, constants: dict, problems: list[str]) -> list[TensorSpec]:
+    """The model's real inputs (float32 tensors with known non-batch dimensions).
+
+    Old ONNX lists initializers among the inputs: those are parameters, and their declared shape
+    must agree with the data. What edgecnn cannot take is appended to ``problems``.
+    """
+    onnx = _onnx()
     inputs: list[TensorSpec] = []
     for vi in g.input:
+        tt = vi.type.tensor_type
         if vi.name in constants:
-            declared = vi.type.tensor_type.shape
             value = constants[vi.name]
-            if vi.type.tensor_type.HasField("shape") and len(declared.dim) and any(
-                    d.HasField("dim_value") for d in declared.dim):
-                dims = tuple(d.dim_value if d.HasField("dim_value") else None for d in declared.dim)
+            if tt.HasField("shape") and any(d.HasField("dim_value") for d in tt.shape.dim):
+                dims = tuple(d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim)
                 if len(dims) != value.ndim or any(a is not None and a != b for a, b in zip(dims, value.shape)):
                     raise InputError(f"initializer '{vi.name}' has shape {value.shape} but the graph input of "
                                      f"that name declares {dims}")
-            continue  # old ONNX lists initializers among the inputs: they are parameters
-        tt = vi.type.tensor_type
+            continue
         if not vi.type.HasField("tensor_type"):
             problems.append(f"graph input '{vi.name}' is not a tensor")
             continue
@@ -454,15 +449,27 @@ def import_model(source, name: str | None = None) -> Graph:
                 shape.append(int(d.dim_value))
             elif d.HasField("dim_param") and d.dim_param:
                 shape.append(d.dim_param)
-            elif axis == 0:
-                shape.append("N")
-            else:
-                shape.append(None)
+            else:  # an unnamed batch dimension gets the usual symbol
+                shape.append("N" if axis == 0 else None)
         if None in shape:
             problems.append(f"graph input '{vi.name}' has an unknown non-batch dimension: shape "
                             f"{tuple('?' if s is None else s for s in shape)}")
             continue
         inputs.append(TensorSpec(vi.name, tuple(shape)))
+    return inputs
+
+
+def import_model(source, name: str | None = None) -> Graph:
+    """An IR Graph from an ONNX file path, bytes or ModelProto."""
+    onnx = _onnx()
+    model = load_onnx(source)
+    g = model.graph
+    opset = _default_opset(model)
+
+    named_nodes = _uniquely_named(g.node)
+    constants: dict[str, np.ndarray] = {t.name: _tensor_to_array(t, "initializer") for t in g.initializer}
+    problems: list[str] = [f"sparse initializer '{t.values.name}'" for t in g.sparse_initializer]
+    inputs = _graph_inputs(g, constants, problems)
 
     available = {s.name for s in inputs} | set(constants) | {vi.name for vi in g.input}
     order = _sorted_nodes(named_nodes, available)
