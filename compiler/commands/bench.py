@@ -71,6 +71,9 @@ def run(args) -> int:
                                                             else default_threads())
     print(f"benchmarking {bundle.model_name} ({where(args)}, batch {bundle.batch}, threads {threads or 'default'}, "
           f"{args.repeat} calls after {args.warmup} warm-up)", file=sys.stderr)
+    if args.emulate:
+        print("note: under qemu these are emulator timings; they say nothing about an ARM board's speed",
+              file=sys.stderr)
     result: dict
     if not args.compare:
         stats = bench_bundle(bundle, repeat=args.repeat, warmup=args.warmup, threads=threads)
