@@ -33,6 +33,15 @@ def add_device_arguments(parser, *, threads: bool = True) -> None:
                            help="CPU threads for TVM (default: every CPU this process may use)")
 
 
+def reject_device_options(args) -> None:
+    """--rpc, --emulate and --threads run compiled bundles; a MODEL given with them is a mistake."""
+    used = [flag for flag, value in (("--rpc", getattr(args, "rpc", None)), ("--emulate", getattr(args, "emulate", False)),
+                                     ("--threads", getattr(args, "threads", None))) if value]
+    if used:
+        raise InputError(f"options for compiled bundles ({', '.join(used)}) given, but '{args.model}' is not a "
+                         f"bundle directory (compile it with `edgecnn compile`)")
+
+
 def default_threads() -> int:
     try:
         return len(os.sched_getaffinity(0))

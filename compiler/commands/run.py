@@ -198,10 +198,11 @@ def top_k(graph, outputs: dict, k: int) -> list | None:
 
 
 def run(args) -> int:
-    from ._bundle_cli import is_bundle, run_bundle
+    from ._bundle_cli import is_bundle, reject_device_options, run_bundle
 
     if is_bundle(args.model):
         return run_bundle(args)
+    reject_device_options(args)
     model = load_model(args.model)
     graph = model.graph
     feeds = read_inputs(args.input, graph)

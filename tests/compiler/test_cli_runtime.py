@@ -168,3 +168,9 @@ def test_verify_mismatch_exits_1(copy, capsys):
 def test_verify_bad_tolerance_exits_2(bundle, capsys):
     code, _, err = _cli(capsys, "verify", bundle, "--rtol", -1)
     assert code == 2 and "--rtol and --atol must be >= 0" in err
+
+
+def test_device_options_on_a_model_are_refused(tmp_path, capsys):
+    np.save(tmp_path / "x.npy", np.zeros((1, 1, 8, 8), np.float32))
+    code, _, err = _cli(capsys, "run", "digits-cnn", "--input", tmp_path / "x.npy", "--emulate")
+    assert code == 2 and "not a bundle directory" in err
