@@ -110,9 +110,10 @@ def read_manifest(bundle_dir: Path) -> dict:
     if not isinstance(files, dict):
         raise BundleError(f"{path}: 'files' must map file names to their sha256. {received(files=files)}")
     for name in HASHED_FILES:
-        digest = (files.get(name) or {}).get("sha256") if isinstance(files.get(name), dict) else None
+        entry = files.get(name)
+        digest = entry.get("sha256") if isinstance(entry, dict) else None
         if not isinstance(digest, str) or len(digest) != 64:
-            raise BundleError(f"{path}: 'files' lacks the sha256 of {name}. {received(**{name: files.get(name)})}")
+            raise BundleError(f"{path}: 'files' lacks the sha256 of {name}. {received(**{name: entry})}")
     return manifest
 
 
