@@ -180,21 +180,9 @@ def save_outputs(path, outputs: dict):
 
 def top_k(graph, outputs: dict, k: int) -> list | None:
     """Per sample the ``k`` most likely classes, for a single-output classifier with labels."""
-    labels = graph.metadata.get("labels")
-    if not labels or len(graph.outputs) != 1 or k < 1:
-        return None
-    y = np.asarray(outputs[graph.outputs[0]], dtype=np.float64)
-    if y.ndim != 2 or y.shape[1] != len(labels):
-        return None
-    is_prob = np.all(y >= 0) and np.allclose(y.sum(axis=1), 1.0, atol=1e-3)
-    if not is_prob:  # logits: softmax, max subtracted
-        e = np.exp(y - y.max(axis=1, keepdims=True))
-        y = e / e.sum(axis=1, keepdims=True)
-    result = []
-    for row in y:
-        order = np.argsort(-row, kind="stable")[:k]
-        result.append([{"label": str(labels[i]), "index": int(i), "probability": float(row[i])} for i in order])
-    return result
+    from edgecnn.runtime.images import top_k as ranked  # the same ranking for bundles and models
+
+    return ranked(outputs, graph.outputs, graph.metadata.get("labels"), k)
 
 
 def run(args) -> int:
