@@ -48,6 +48,7 @@ _LOG = logging.getLogger(__name__)
 # Name of the compute block our blocked-conv legalization emits; the conv rule looks for it.
 NCHWC_CONV_BLOCK = "conv2d_nchwc"
 NCHWC_DEPTHWISE_BLOCK = "depthwise_conv2d_nchwc"
+RULE_ANNOTATION = "edgecnn.schedule_rule"
 
 _AVX512_CPUS = ("skylake-avx512", "cascadelake", "cooperlake", "icelake", "tigerlake",
                 "sapphirerapids", "emeraldrapids", "graniterapids", "rocketlake",
@@ -106,21 +107,24 @@ def host_vector_lanes() -> int:
 # --------------------------------------------------------------------------------------
 
 
-def _blocked_conv_te(data, kernel, strides, padding, dilation):
-    """Direct convolution in NCHW{b}c x OIHW{b}i{b}o -> NCHW{b}c, groups = 1.
+def _blocked_conv_te(data, kernel, strides, padding, dilation, groups=1):
+    """Direct convolution in NCHW{bi}c x OIHW{bi}i{bo}o -> NCHW{bo}c.
 
     out[n, oc, y, x, ob] = sum over (ic, ky, kx, ib) of
-        pad(data)[n, ic, y*sy + ky*dy, x*sx + kx*dx, ib] * kernel[oc, ic, ky, kx, ib, ob]
+        pad(data)[n, g(oc)*IC + ic, y*sy + ky*dy, x*sx + kx*dx, ib] * kernel[oc, ic, ky, kx, ib, ob]
+    where IC is the number of input-channel chunks per group and g(oc) the group of output
+    chunk oc (0 when groups = 1).
     The input-channel reduction is split into chunk and block (two axes) so the schedule can
     place the in-block channels innermost without index arithmetic.
     """
     batch, in_chunks, height, width, in_block = (int(v) for v in data.shape)
     out_chunks, kernel_chunks, kernel_h, kernel_w, kernel_block, out_block = (
         int(v) for v in kernel.shape)
-    if kernel_chunks != in_chunks or kernel_block != in_block:
+    if kernel_chunks * groups != in_chunks or kernel_block != in_block or out_chunks % groups:
         raise ValueError(
-            "blocked conv: kernel input channels must match the data's. "
-            f"Received: data={tuple(data.shape)}, kernel={tuple(kernel.shape)}")
+            "blocked conv: kernel input channels must match the data's per group. "
+            f"Received: data={tuple(data.shape)}, kernel={tuple(kernel.shape)}, groups={groups}")
+    out_chunks_per_group = out_chunks // groups
     pad_top, pad_left, pad_bottom, pad_right = (int(p) for p in padding)
     stride_h, stride_w = (int(s) for s in strides)
     dil_h, dil_w = (int(d) for d in dilation)
@@ -131,14 +135,21 @@ def _blocked_conv_te(data, kernel, strides, padding, dilation):
                              (0, 0, pad_bottom, pad_right, 0), name="data_pad")
     else:
         padded = data
-    r_chunk = te.reduce_axis((0, in_chunks), "ic_chunk")
+    r_chunk = te.reduce_axis((0, kernel_chunks), "ic_chunk")
     r_y = te.reduce_axis((0, kernel_h), "ky")
     r_x = te.reduce_axis((0, kernel_w), "kx")
     r_block = te.reduce_axis((0, in_block), "ic_block")
+
+    def in_chunk(oc):
+        if groups == 1:
+            return r_chunk
+        return oc // out_chunks_per_group * kernel_chunks + r_chunk
+
     return te.compute(
         (batch, out_chunks, out_h, out_w, out_block),
         lambda n, oc, y, x, ob: te.sum(
-            padded[n, r_chunk, y * stride_h + r_y * dil_h, x * stride_w + r_x * dil_w, r_block]
+            padded[n, in_chunk(oc), y * stride_h + r_y * dil_h, x * stride_w + r_x * dil_w,
+                   r_block]
             * kernel[oc, r_chunk, r_y, r_x, r_block, ob],
             axis=[r_chunk, r_y, r_x, r_block]),
         name=NCHWC_CONV_BLOCK)
@@ -190,8 +201,15 @@ def _legalize_conv2d(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
     block = int(data_match.group(1))
     channels = int(call.args[0].ty.shape[1]) * block
     args = (list(attrs.strides), list(attrs.padding), list(attrs.dilation))
-    if int(attrs.groups) == 1 and re.match(r"^OIHW\d+i\d+o$", str(attrs.kernel_layout)):
-        return bb.call_te(_blocked_conv_te, call.args[0], call.args[1], *args,
+    groups = int(attrs.groups)
+    kernel_match = re.match(r"^OIHW(\d+)i(\d+)o$", str(attrs.kernel_layout))
+    out_channels = int(call.ty.shape[1]) * int(out_match.group(1))
+    if (kernel_match is not None and int(kernel_match.group(1)) == block
+            and int(kernel_match.group(2)) == int(out_match.group(1))
+            and (groups == 1 or ((channels // groups) % block == 0
+                                 and (out_channels // groups) % int(out_match.group(1)) == 0
+                                 and not (groups == channels and block == 1)))):
+        return bb.call_te(_blocked_conv_te, call.args[0], call.args[1], *args, groups,
                           primfunc_name_hint="conv2d_nchwc")
     if (int(attrs.groups) == channels and str(attrs.kernel_layout) == f"OIHW1i{block}o"
             and out_match.group(1) == data_match.group(1)):
@@ -433,20 +451,23 @@ class _BlockRemaining(relax.PyExprMutator):
         in_channels, out_channels, groups = data_shape[1], weight_shape[0], int(attrs.groups)
         conv_args = dict(strides=list(attrs.strides), padding=list(attrs.padding),
                          dilation=list(attrs.dilation))
-        if groups == 1:
-            in_block = _largest_divisor(in_channels, self.lanes)
-            out_block = (self.lanes if out_channels % self.lanes == 0
-                         else _largest_divisor(out_channels, self.lanes))
+        depthwise = groups == in_channels == out_channels and weight_shape[1] == 1
+        if not depthwise and in_channels % groups == 0 and out_channels % groups == 0:
+            # dense or grouped: each output block must lie inside one group
+            per_group_out = out_channels // groups
+            in_block = _largest_divisor(in_channels // groups, self.lanes)
+            out_block = (self.lanes if per_group_out % self.lanes == 0
+                         else _largest_divisor(per_group_out, self.lanes))
             data = self._to_blocked(call.args[0], in_block)
             weight = self.builder_.emit(relax.op.layout_transform(
                 call.args[1],
                 lambda o, i, h, w: (o // out_block, i // in_block, h, w, i % in_block,
                                     o % out_block)))
             conv = relax.op.nn.conv2d(
-                data, weight, **conv_args, data_layout=f"NCHW{in_block}c",
+                data, weight, **conv_args, groups=groups, data_layout=f"NCHW{in_block}c",
                 kernel_layout=f"OIHW{in_block}i{out_block}o", out_layout=f"NCHW{out_block}c")
             return self._to_plain(conv, out_block)
-        if groups == in_channels == out_channels and weight_shape[1] == 1:
+        if depthwise:
             block = _largest_divisor(in_channels, self.lanes)
             data = self._to_blocked(call.args[0], block)
             weight = self.builder_.emit(relax.op.layout_transform(
@@ -768,6 +789,9 @@ class _SafeRule(ScheduleRule):
         sch = s_tir.Schedule(func)
         try:
             done = self.schedule(sch, self._lanes(target))
+            if done:
+                # which rule scheduled a function: read back by tests and the benchmark
+                sch.annotate(sch.get_sblock("root"), RULE_ANNOTATION, type(self).__name__)
         except Exception as exc:  # pylint: disable=broad-except
             _LOG.debug("%s left %s unscheduled: %s", type(self).__name__,
                        func.attrs.get("global_symbol", "?") if func.attrs else "?", exc)
@@ -864,9 +888,9 @@ class PlainConv(_SafeRule):
         if kinds != [_DATA_PAR] * 4 + [_REDUCE] * 3:
             return False
         writes = sch.get(conv).writes
-        if len(writes) != 1 or len(writes[0].buffer.shape) != 4:
+        if len(writes) != 1 or len(writes[0].source.shape) != 4:
             return False
-        reads = [r.buffer for r in sch.get(conv).reads]
+        reads = [r.source for r in sch.get(conv).reads]
         if not any(len(b.shape) == 4 for b in reads) or len(reads) != 2:
             return False
         channels = _extent(iters[1])
@@ -923,6 +947,16 @@ class Generic(_SafeRule):
             else:
                 _schedule_reduction(sch, block, lanes)
         return True
+
+
+def rule_of(func) -> str | None:
+    """Name of the edgecnn rule that scheduled ``func`` (None: another rule or none)."""
+    try:
+        sch = s_tir.Schedule(func)
+        value = sch.get(sch.get_sblock("root")).annotations.get(RULE_ANNOTATION)
+    except Exception:  # pylint: disable=broad-except
+        return None
+    return None if value is None else str(value)
 
 
 def schedule_rules(lanes: int | None = None) -> list:
