@@ -221,10 +221,10 @@ def test_fit_writes_run_directory(tmp_path):
 
 
 def test_resume_matches_an_uninterrupted_run(tmp_path):
-    whole = _small_trainer(tmp_path, epochs=3)
+    whole = _small_trainer(tmp_path, epochs=2)
     whole.fit(tmp_path / "whole", progress=False)
 
-    interrupted = _small_trainer(tmp_path, epochs=3)
+    interrupted = _small_trainer(tmp_path, epochs=2)
     original = interrupted.write_checkpoint
 
     def stop_after_first(run_dir):
