@@ -34,6 +34,7 @@ from __future__ import annotations
 import logging
 import re
 
+import numpy as np
 import tvm
 import tvm_ffi
 from tvm.sym.analyzer import Analyzer as _Analyzer
@@ -49,6 +50,9 @@ _LOG = logging.getLogger(__name__)
 NCHWC_CONV_BLOCK = "conv2d_nchwc"
 NCHWC_DEPTHWISE_BLOCK = "depthwise_conv2d_nchwc"
 RULE_ANNOTATION = "edgecnn.schedule_rule"
+WINOGRAD_INPUT_BLOCK = "winograd_input"
+WINOGRAD_GEMM_BLOCK = "winograd_gemm"
+WINOGRAD_OUTPUT_BLOCK = "winograd_output"
 
 _AVX512_CPUS = ("skylake-avx512", "cascadelake", "cooperlake", "icelake", "tigerlake",
                 "sapphirerapids", "emeraldrapids", "graniterapids", "rocketlake",
@@ -188,6 +192,87 @@ def _blocked_depthwise_te(data, kernel, strides, padding, dilation):
         name=NCHWC_DEPTHWISE_BLOCK)
 
 
+# Winograd F(4x4, 3x3) (Lavin & Gray): Y = A^T [(G g G^T) * (B^T d B)] A on 6x6 input tiles.
+_WINOGRAD_TILE = 4
+_WINOGRAD_BT = np.array([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
+                         [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]],
+                        np.float32)
+_WINOGRAD_G = np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
+                        [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]], np.float32)
+_WINOGRAD_AT = np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0],
+                         [0, 1, -1, 8, -8, 1]], np.float32)
+
+
+def _winograd_weight_te(kernel, g_matrix):
+    """U[e, u, oc, ic, ib, ob] = sum over (ky, kx) of G[e, ky] G[u, kx] kernel[oc, ic, ky, kx, ib, ob]
+    (folded at compile time: the kernel is a constant)."""
+    out_chunks, in_chunks, _, _, in_block, out_block = (int(v) for v in kernel.shape)
+    alpha = int(g_matrix.shape[0])
+    r_y = te.reduce_axis((0, 3), "ky")
+    r_x = te.reduce_axis((0, 3), "kx")
+    return te.compute(
+        (alpha, alpha, out_chunks, in_chunks, in_block, out_block),
+        lambda e, u, o, i, ib, ob: te.sum(
+            g_matrix[e, r_y] * g_matrix[u, r_x] * kernel[o, i, r_y, r_x, ib, ob], axis=[r_y, r_x]),
+        name="winograd_weight")
+
+
+def _winograd_conv_te(data, weight_t, bt_matrix, at_matrix, padding):
+    """3x3 stride-1 convolution in NCHW{bi}c -> NCHW{bo}c by Winograd F(4x4, 3x3).
+
+    V[e, u, ic, p, ib] = sum over (a, b) of B^T[e, a] B^T[u, b] pad(data)[tile p rows 4t+a, cols 4s+b]
+    M[e, u, oc, p, ob] = sum over (ic, ib) of U[e, u, oc, ic, ib, ob] V[e, u, ic, p, ib]
+    Y[n, oc, y, x, ob] = sum over (a, b) of A^T[y%4, a] A^T[x%4, b] M[a, b, oc, tile(y, x), ob]
+    """
+    batch, in_chunks, height, width, in_block = (int(v) for v in data.shape)
+    alpha, _, out_chunks, _, _, out_block = (int(v) for v in weight_t.shape)
+    tile = _WINOGRAD_TILE
+    pad_top, pad_left, pad_bottom, pad_right = (int(p) for p in padding)
+    out_h = height + pad_top + pad_bottom - 2
+    out_w = width + pad_left + pad_right - 2
+    tiles_h, tiles_w = -(-out_h // tile), -(-out_w // tile)
+    tiles = batch * tiles_h * tiles_w
+    # pad further down/right so every 6x6 input tile lies inside the padded data
+    extra_h = tiles_h * tile + 2 - (height + pad_top + pad_bottom)
+    extra_w = tiles_w * tile + 2 - (width + pad_left + pad_right)
+    padded = topi.nn.pad(data, (0, 0, pad_top, pad_left, 0),
+                         (0, 0, pad_bottom + extra_h, pad_right + extra_w, 0), name="data_pad")
+    per_image = tiles_h * tiles_w
+    r_a = te.reduce_axis((0, alpha), "a")
+    r_b = te.reduce_axis((0, alpha), "b")
+    transformed = te.compute(
+        (alpha, alpha, in_chunks, tiles, in_block),
+        lambda e, u, c, p, i: te.sum(
+            bt_matrix[e, r_a] * bt_matrix[u, r_b]
+            * padded[p // per_image, c, (p % per_image) // tiles_w * tile + r_a,
+                     p % tiles_w * tile + r_b, i],
+            axis=[r_a, r_b]),
+        name=WINOGRAD_INPUT_BLOCK)
+    r_chunk = te.reduce_axis((0, in_chunks), "ic_chunk")
+    r_block = te.reduce_axis((0, in_block), "ic_block")
+    product = te.compute(
+        (alpha, alpha, out_chunks, tiles, out_block),
+        lambda e, u, o, p, j: te.sum(
+            weight_t[e, u, o, r_chunk, r_block, j] * transformed[e, u, r_chunk, p, r_block],
+            axis=[r_chunk, r_block]),
+        name=WINOGRAD_GEMM_BLOCK)
+    r_a2 = te.reduce_axis((0, alpha), "a2")
+    r_b2 = te.reduce_axis((0, alpha), "b2")
+    return te.compute(
+        (batch, out_chunks, out_h, out_w, out_block),
+        lambda n, o, y, x, j: te.sum(
+            at_matrix[y % tile, r_a2] * at_matrix[x % tile, r_b2]
+            * product[r_a2, r_b2, o, n * per_image + y // tile * tiles_w + x // tile, j],
+            axis=[r_a2, r_b2]),
+        name=WINOGRAD_OUTPUT_BLOCK)
+
+
+def use_winograd(in_channels: int, out_channels: int, out_h: int, out_w: int) -> bool:
+    """Winograd for a 3x3 stride-1 conv when the GEMM it leaves is large enough to run at full
+    speed: enough channels to fill the register tile, enough tiles to amortize the transforms."""
+    return in_channels >= 32 and out_channels >= 32 and out_h >= 8 and out_w >= 8
+
+
 _BLOCKED = re.compile(r"^NCHW(\d+)c$")
 
 
@@ -204,6 +289,18 @@ def _legalize_conv2d(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
     groups = int(attrs.groups)
     kernel_match = re.match(r"^OIHW(\d+)i(\d+)o$", str(attrs.kernel_layout))
     out_channels = int(call.ty.shape[1]) * int(out_match.group(1))
+    weight_shape = _static_shape(call.args[1])
+    out_shape = _static_shape(call)
+    if (groups == 1 and kernel_match is not None and weight_shape is not None
+            and out_shape is not None and weight_shape[2:4] == [3, 3]
+            and [int(v) for v in attrs.strides] == [1, 1]
+            and [int(v) for v in attrs.dilation] == [1, 1]
+            and use_winograd(channels, out_channels, out_shape[2], out_shape[3])):
+        weight_t = bb.emit(bb.call_te(_winograd_weight_te, call.args[1],
+                                      relax.const(_WINOGRAD_G), primfunc_name_hint="winograd_weight"))
+        return bb.call_te(_winograd_conv_te, call.args[0], weight_t, relax.const(_WINOGRAD_BT),
+                          relax.const(_WINOGRAD_AT), list(attrs.padding),
+                          primfunc_name_hint="conv2d_winograd_nchwc")
     if (kernel_match is not None and int(kernel_match.group(1)) == block
             and int(kernel_match.group(2)) == int(out_match.group(1))
             and (groups == 1 or ((channels // groups) % block == 0
@@ -216,6 +313,17 @@ def _legalize_conv2d(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
         return bb.call_te(_blocked_depthwise_te, call.args[0], call.args[1], *args,
                           primfunc_name_hint="depthwise_conv2d_nchwc")
     return _default_conv2d_legalize(bb, call)
+
+
+def _vector_block(value: int, lanes: int) -> int:
+    """Channels per block: the largest power of two up to ``lanes`` dividing ``value`` (whole
+    vector registers), else the largest divisor up to ``lanes`` (3-channel inputs, odd counts)."""
+    width = lanes
+    while width >= 4:
+        if value % width == 0:
+            return width
+        width //= 2
+    return _largest_divisor(value, lanes)
 
 
 def _largest_divisor(value: int, limit: int) -> int:
@@ -392,7 +500,20 @@ class _BlockRemaining(relax.PyExprMutator):
             return self._binary(call)
         if name in _POOLS:
             return self._pool(call)
+        if name == "relax.concat":
+            return self._concat(call)
         return call
+
+    def _concat(self, call):
+        """Channel concat of blocked tensors with the same block stays blocked (chunks append)."""
+        fields = call.args[0].fields if isinstance(call.args[0], relax.Tuple) else None
+        if not fields or call.attrs.axis is None or int(call.attrs.axis) != 1:
+            return call
+        sources = [self._plain_source(f) for f in fields]
+        if any(src is None for src in sources) or len({src[1] for src in sources}) != 1:
+            return call
+        block = sources[0][1]
+        return self._to_plain(relax.op.concat([src[0] for src in sources], axis=1), block)
 
     def _binary(self, call):
         lhs, rhs = call.args[0], call.args[1]
@@ -455,9 +576,8 @@ class _BlockRemaining(relax.PyExprMutator):
         if not depthwise and in_channels % groups == 0 and out_channels % groups == 0:
             # dense or grouped: each output block must lie inside one group
             per_group_out = out_channels // groups
-            in_block = _largest_divisor(in_channels // groups, self.lanes)
-            out_block = (self.lanes if per_group_out % self.lanes == 0
-                         else _largest_divisor(per_group_out, self.lanes))
+            in_block = _vector_block(in_channels // groups, self.lanes)
+            out_block = _vector_block(per_group_out, self.lanes)
             data = self._to_blocked(call.args[0], in_block)
             weight = self.builder_.emit(relax.op.layout_transform(
                 call.args[1],
@@ -468,7 +588,7 @@ class _BlockRemaining(relax.PyExprMutator):
                 kernel_layout=f"OIHW{in_block}i{out_block}o", out_layout=f"NCHW{out_block}c")
             return self._to_plain(conv, out_block)
         if depthwise:
-            block = _largest_divisor(in_channels, self.lanes)
+            block = _vector_block(in_channels, self.lanes)
             data = self._to_blocked(call.args[0], block)
             weight = self.builder_.emit(relax.op.layout_transform(
                 call.args[1],
@@ -542,9 +662,38 @@ class _FoldPadIntoConv(relax.PyExprMutator):
                 self.builder_.update_func(g_var, self.visit_expr(func))
         return self.builder_.get()
 
+    def _bound(self, expr):
+        return self.lookup_binding(expr) if isinstance(expr, relax.Var) else None
+
+    def _sum_of_stack(self, call):
+        """``sum(stack([a, b, ...], axis=0), axis=0)`` (ONNX Sum as the frontend writes it)
+        becomes ``a + b + ...``: ConvertLayout cannot carry a blocked layout through stack."""
+        axis = call.attrs.axis
+        if axis is None or [int(a) for a in axis] != [0] or bool(call.attrs.keepdims):
+            return None
+        stacked = self._bound(call.args[0])
+        if not isinstance(stacked, relax.Call) or not isinstance(stacked.op, tvm.ir.Op) \
+                or stacked.op.name != "relax.stack" or int(stacked.attrs.axis) != 0:
+            return None
+        fields = stacked.args[0].fields if isinstance(stacked.args[0], relax.Tuple) else None
+        if not fields or any(_static_shape(f) != _static_shape(call) for f in fields):
+            return None
+        total = fields[0]
+        for field in fields[1:]:
+            total = self.builder_.emit(relax.op.add(total, field))
+        return total
+
     def visit_call_(self, call):  # pylint: disable=arguments-renamed
         call = super().visit_call_(call)
-        if not isinstance(call.op, tvm.ir.Op) or call.op.name != "relax.nn.conv2d":
+        if not isinstance(call.op, tvm.ir.Op):
+            return call
+        if call.op.name == "relax.broadcast_to" and _static_shape(call.args[0]) is not None \
+                and _static_shape(call.args[0]) == _static_shape(call):
+            return call.args[0]
+        if call.op.name == "relax.sum":
+            folded = self._sum_of_stack(call)
+            return call if folded is None else folded
+        if call.op.name != "relax.nn.conv2d":
             return call
         if str(call.attrs.data_layout) != "NCHW":
             return call
@@ -594,6 +743,24 @@ def block_remaining(lanes: int):
     return _pass
 
 
+def _convert_layout(block: int):
+    """TVM's ConvertLayout for conv2d, or nothing when it cannot handle the graph (it fails on
+    some tuple-valued ops): the per-layer blocking that follows still blocks every conv."""
+
+    convert = relax.transform.ConvertLayout(
+        {"relax.nn.conv2d": [f"NCHW{block}c", f"OIHW{block}i{block}o"]})
+
+    @tvm.transform.module_pass(opt_level=0, name="EdgecnnConvertLayout")
+    def _pass(mod, _ctx):
+        try:
+            return convert(mod)
+        except Exception as exc:  # pylint: disable=broad-except
+            _LOG.info("ConvertLayout failed (%s); blocking layer by layer", exc)
+            return mod
+
+    return _pass
+
+
 def layout_passes(lanes: int) -> list:
     """Relax passes before scheduling: inference-only ops, blocked layouts, legalization with
     our blocked convolutions, constant folding (weight repacks happen here), fusion."""
@@ -604,8 +771,7 @@ def layout_passes(lanes: int) -> list:
         relax.transform.FoldConstant(),
         fold_pad_into_conv(),
         relax.transform.DeadCodeElimination(),
-        relax.transform.ConvertLayout(
-            {"relax.nn.conv2d": [f"NCHW{block}c", f"OIHW{block}i{block}o"]}),
+        _convert_layout(block),
         block_remaining(lanes),
         relax.transform.DeadCodeElimination(),
         relax.transform.LegalizeOps(customize_legalize_map={"relax.nn.conv2d": _legalize_conv2d}),
@@ -751,8 +917,11 @@ def _schedule_reduction(sch, block, lanes: int) -> None:
     inner_extent = _loop_extent(sch, inner)
     outer = spatial[:-1]
     vector = None
-    if inner_extent is not None and inner_extent > lanes and inner_extent % lanes == 0:
-        inner_outer, vector = sch.split(inner, [None, lanes])
+    # a vector that divides the axis (1000 classes: 8 lanes), so no tail breaks vectorization
+    width = next((w for w in (lanes, lanes // 2, lanes // 4) if w >= 4 and inner_extent
+                  and inner_extent % w == 0), None)
+    if inner_extent is not None and inner_extent > 4 * lanes and width:
+        inner_outer, vector = sch.split(inner, [None, width])
         outer = outer + [inner_outer]
     elif inner_extent is not None and 2 <= inner_extent <= 4 * lanes:
         vector = inner
@@ -802,6 +971,51 @@ class _SafeRule(ScheduleRule):
         raise NotImplementedError
 
 
+def _schedule_tiled(sch, block, lanes) -> bool:
+    """The register-tiled schedule shared by direct, depthwise and Winograd convolutions, for
+    a block with 5 spatial axes (outer, outer, outer, columns, channel vector) and its
+    reductions: accumulators for ``reg_w`` columns x one channel vector live in registers
+    (a local buffer), the reduction runs over them, and elementwise consumers are inlined
+    into the store; the three outer axes are fused and parallel."""
+    iters = _iters(sch, block)
+    n_reduce = len(iters) - 5
+    kinds = [int(iv.iter_type) for iv in iters]
+    if n_reduce < 1 or kinds != [_DATA_PAR] * 5 + [_REDUCE] * n_reduce:
+        return False
+    out_w = _extent(iters[3])
+    out_block = _extent(iters[4])
+    limit = _MAX_REG_W.get(lanes, 12)
+    if out_block > lanes:
+        limit = max(limit * lanes // out_block, 4)
+    reg_w = _best_tile(out_w, limit)
+    work = _work(sch, block)
+    sch.cache_write(block, 0, "local")
+    copy = sch.get_consumers(block)[0]
+    out = _inline_epilogue(sch, copy)
+    loops = sch.get_loops(out)
+    if len(loops) != 5:
+        return False
+    a, b, c, x, vec = loops
+    x_out, x_in = sch.split(x, [None, reg_w])
+    sch.reorder(a, b, c, x_out, x_in, vec)
+    outer = sch.fuse(a, b, c)
+    if work >= _PARALLEL_MIN_WORK:
+        sch.parallel(outer)
+    sch.vectorize(vec)
+    sch.compute_at(block, x_out, preserve_unit_loops=True)
+    # [outer, x_out, a, b, c, x tile, channel vector, reductions...]
+    loops = sch.get_loops(block)
+    if len(loops) != 7 + n_reduce:
+        return False
+    reduce = loops[7:]
+    x_tile, channel_vector = loops[5], loops[6]
+    sch.reorder(*reduce, x_tile, channel_vector)
+    sch.unroll(x_tile)
+    sch.vectorize(channel_vector)
+    sch.decompose_reduction(block, reduce[0])
+    return True
+
+
 class BlockedConv(_SafeRule):
     """Direct (or depthwise) convolution in NCHW{b}c: a register tile of output columns x one
     vector of output channels, accumulated in registers, epilogue fused into the store."""
@@ -812,42 +1026,29 @@ class BlockedConv(_SafeRule):
         if name is None:
             return False
         conv = sch.get_sblock(name)
-        iters = _iters(sch, conv)
-        n_reduce = len(iters) - 5
-        kinds = [int(iv.iter_type) for iv in iters]
-        if n_reduce not in (2, 4) or kinds != [_DATA_PAR] * 5 + [_REDUCE] * n_reduce:
+        if len(_iters(sch, conv)) - 5 not in (2, 4):
             return False
-        out_w = _extent(iters[3])
-        out_block = _extent(iters[4])
-        limit = _MAX_REG_W.get(lanes, 12)
-        if out_block > lanes:
-            limit = max(limit * lanes // out_block, 4)
-        reg_w = _best_tile(out_w, limit)
         others = _other_block_names(sch, conv)
-        sch.cache_write(conv, 0, "local")
-        copy = sch.get_consumers(conv)[0]
-        out = _inline_epilogue(sch, copy)
-        loops = sch.get_loops(out)
-        if len(loops) != 5:
+        if not _schedule_tiled(sch, conv, lanes):
             return False
-        n, oc, y, x, ob = loops
-        x_out, x_in = sch.split(x, [None, reg_w])
-        sch.reorder(n, oc, y, x_out, x_in, ob)
-        outer = sch.fuse(n, oc, y)
-        if _work(sch, conv) >= _PARALLEL_MIN_WORK:
-            sch.parallel(outer)
-        sch.vectorize(ob)
-        sch.compute_at(conv, x_out, preserve_unit_loops=True)
-        # [outer, x_out, n, oc, y, x tile, channel vector, reductions...]
-        loops = sch.get_loops(conv)
-        if len(loops) != 7 + n_reduce:
+        _schedule_remaining(sch, others, lanes)
+        return True
+
+
+class WinogradConv(_SafeRule):
+    """Winograd F(4x4, 3x3) in NCHW{b}c: the batched GEMM over the 36 transform points and the
+    output transform (with the epilogue) get the register-tiled schedule; padding and the
+    input transform get parallel loops vectorized over the channel block."""
+
+    def schedule(self, sch, lanes) -> bool:
+        if not (_has_block(sch, WINOGRAD_GEMM_BLOCK) and _has_block(sch, WINOGRAD_OUTPUT_BLOCK)):
             return False
-        reduce = loops[7:]
-        x_tile, channel_vector = loops[5], loops[6]
-        sch.reorder(*reduce, x_tile, channel_vector)
-        sch.unroll(x_tile)
-        sch.vectorize(channel_vector)
-        sch.decompose_reduction(conv, reduce[0])
+        gemm = sch.get_sblock(WINOGRAD_GEMM_BLOCK)
+        others = [n for n in _other_block_names(sch, gemm) if n != WINOGRAD_OUTPUT_BLOCK]
+        if not _schedule_tiled(sch, gemm, lanes):
+            return False
+        if not _schedule_tiled(sch, sch.get_sblock(WINOGRAD_OUTPUT_BLOCK), lanes):
+            return False
         _schedule_remaining(sch, others, lanes)
         return True
 
@@ -961,7 +1162,8 @@ def rule_of(func) -> str | None:
 
 def schedule_rules(lanes: int | None = None) -> list:
     """The ordered CPU rules: conv rules, TVM's GEMV, then the generic parallel/vector rule."""
-    return [BlockedConv(lanes), PlainConv(lanes), dlight.cpu.GEMV(), Generic(lanes)]
+    return [WinogradConv(lanes), BlockedConv(lanes), PlainConv(lanes), dlight.cpu.GEMV(),
+            Generic(lanes)]
 
 
 def _apply_tuning_records():

@@ -120,7 +120,11 @@ CONV_CASES = [
     ("depthwise_s2", 48, 48, 3, 2, None, 48, 1, 11, 11, "relu"),
     ("depthwise_odd", 12, 12, 3, 1, None, 12, 1, 7, 7, "clip"),
     ("grouped", 16, 32, 3, 1, None, 4, 1, 8, 8, "relu"),
+    ("winograd", 32, 32, 3, 1, None, 1, 1, 9, 11, "relu"),
+    ("winograd_asym_pad", 40, 48, 3, 1, [0, 1, 1, 0], 1, 1, 10, 13, "clip"),
+    ("winograd_exact_tiles", 32, 64, 3, 1, None, 1, 1, 8, 8, ""),
 ]
+WINOGRAD_CASES = {"winograd", "winograd_asym_pad", "winograd_exact_tiles"}
 
 
 def _tail(net, y, tail):
@@ -305,8 +309,10 @@ def test_every_function_is_scheduled_and_convs_use_conv_rules(lowered_by_lanes):
     assert not unscheduled, f"left as scalar single-thread loops: {unscheduled}"
     conv_funcs = {n: cpu.rule_of(f) for n, f in funcs.items() if "conv" in n}
     assert len(conv_funcs) == len(CONV_CASES), sorted(conv_funcs)
-    wrong = {n: r for n, r in conv_funcs.items() if r != "BlockedConv"}
+    wrong = {n: r for n, r in conv_funcs.items() if r not in ("BlockedConv", "WinogradConv")}
     assert not wrong, f"convolutions not in the blocked layout: {wrong}"
+    winograd = [n for n, r in conv_funcs.items() if r == "WinogradConv"]
+    assert len(winograd) == len(WINOGRAD_CASES), winograd
 
 
 @pytest.mark.parametrize("lanes", [16, 8, 4])
@@ -317,6 +323,8 @@ def test_blocked_convs_use_the_target_vector_width(lowered_by_lanes, lanes):
     # the 16->32 3x3 conv: output (1, 32/lanes, 7, 9, lanes)
     shapes = [tuple(int(d) for d in f.params[-1].shape) for f in blocked.values()]
     assert (1, 32 // lanes, 7, 9, lanes) in shapes, shapes
+    winograd = [tuple(int(d) for d in f.params[-1].shape) for n, f in funcs.items() if "winograd" in n]
+    assert (1, 64 // lanes, 8, 8, lanes) in winograd, winograd
 
 
 def test_weight_repacks_are_folded_at_compile_time(lowered_by_lanes):
