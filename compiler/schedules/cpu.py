@@ -1166,17 +1166,88 @@ def schedule_rules(lanes: int | None = None) -> list:
             Generic(lanes)]
 
 
-def _apply_tuning_records():
-    """MetaSchedule records from the current database (if any) win over the default rules;
-    the rules then skip the functions the records marked as scheduled."""
+def _can_run_here(target: Target) -> bool:
+    """Whether code for ``target`` runs on this machine (so two schedules can be timed)."""
+    import platform  # pylint: disable=import-outside-toplevel
 
-    @tvm.transform.module_pass(opt_level=0, name="EdgecnnApplyTuningRecords")
+    triple = str(target.attrs.get("mtriple", "") or "")
+    machine = platform.machine().lower()
+    arch_ok = (not triple or triple.startswith(machine)
+               or (machine in ("amd64", "x86_64") and triple.startswith("x86_64")))
+    if not arch_ok:
+        return False
+    return host_vector_lanes() >= vector_lanes(target)
+
+
+def time_prim_func(func, target, *, repeat: int = 15) -> float:
+    """Median seconds of one call of ``func`` alone on random inputs of its shapes."""
+    import time  # pylint: disable=import-outside-toplevel
+
+    library = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}),
+                          target=target)
+    rng = np.random.default_rng(0)
+    args = [tvm.runtime.tensor(rng.random([int(d) for d in p.shape]).astype(str(p.dtype)))
+            for p in func.params]
+    run = library["main"]
+    run(*args)
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        run(*args)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def record_scheduled(tuned: tvm.IRModule) -> list[str]:
+    """Functions a tuning record scheduled (scheduled, but by none of our rules)."""
+    return [g.name_hint for g, f in tuned.functions_items()
+            if isinstance(f, tirx.PrimFunc) and f.attrs and "tirx.is_scheduled" in f.attrs
+            and rule_of(f) is None]
+
+
+def keep_faster(default: tvm.IRModule, tuned: tvm.IRModule, target, names) -> tvm.IRModule:
+    """For each function in ``names``, the faster of ``default``'s and ``tuned``'s version,
+    timed here with rounds interleaved: the result is never slower than ``default`` (up to
+    timing noise). Every other function comes from ``default``."""
+    target = _as_target(target)
+    result = default
+    default_names = {g.name_hint for g in default.get_global_vars()}
+    for name in names:
+        func = tuned[name]
+        baseline = default[name] if name in default_names else None
+        if not isinstance(baseline, tirx.PrimFunc) or not isinstance(func, tirx.PrimFunc):
+            continue
+        rounds = {"default": [], "tuned": []}
+        for _ in range(3):
+            rounds["default"].append(time_prim_func(baseline, target, repeat=5))
+            rounds["tuned"].append(time_prim_func(func, target, repeat=5))
+        if min(rounds["tuned"]) < min(rounds["default"]):
+            if result is default:
+                result = tvm.IRModule(dict(default.functions_items()), attrs=default.attrs)
+            result[result.get_global_var(name)] = func
+            _LOG.info("tuning record kept for %s (%.3g ms < %.3g ms)", name,
+                      min(rounds["tuned"]) * 1e3, min(rounds["default"]) * 1e3)
+    return result
+
+
+def _schedule_with_records(lanes: int):
+    """Default rules everywhere; where the current MetaSchedule database has a record, the
+    record's schedule replaces the default one only if it is faster on this machine (when the
+    target cannot run here the record is trusted: it was measured on the device)."""
+    apply_rules = dlight.ApplyDefaultSchedule(*schedule_rules(lanes))
+
+    @tvm.transform.module_pass(opt_level=0, name="EdgecnnScheduleWithRecords")
     def _pass(mod, _ctx):
         from tvm.s_tir import meta_schedule as ms  # pylint: disable=import-outside-toplevel
 
         if ms.Database.current() is None:
-            return mod
-        return relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
+            return apply_rules(mod)
+        default = apply_rules(mod)
+        tuned = apply_rules(relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod))
+        target = Target.current(allow_none=True)
+        if target is None or not _can_run_here(target):
+            return tuned
+        return keep_faster(default, tuned, target, record_scheduled(tuned))
 
     return _pass
 
@@ -1191,10 +1262,7 @@ def cpu_passes(target) -> list:
     """Relax passes replacing the zero pipeline for a CPU target (run inside the target)."""
     target = _as_target(target)
     lanes = vector_lanes(target)
-    return layout_passes(lanes) + [
-        _apply_tuning_records(),
-        dlight.ApplyDefaultSchedule(*schedule_rules(lanes)),
-    ]
+    return layout_passes(lanes) + [_schedule_with_records(lanes)]
 
 
 def optimize_cpu(mod: tvm.IRModule, target) -> tvm.IRModule:

@@ -399,3 +399,34 @@ def test_aarch64_numerics_under_emulation(tmp_path):
     got = bundle.run(feeds)
     want = _numpy_reference(model, feeds)
     _assert_close([np.asarray(got[o.name]) for o in model.graph.output], want, ["logits"])
+
+
+# -- tuning never makes it slower ---------------------------------------------------------------
+
+def test_keep_faster_prefers_the_faster_schedule_per_function():
+    """A 'record' that is the unscheduled loop nest (tens of times slower) is rejected; when the
+    default is the slow one, the faster candidate is kept. Numerics hold either way."""
+    from tvm import relax
+    from tvm.relax.frontend.onnx import from_onnx
+
+    _require_x86(16)
+    net = _Net(seed=6)
+    x, _ = net.input((1, 32, 28, 28))
+    net.output(net.node("Relu", [net.conv(x, 32, 64, 3)]))
+    model = net.model()
+    target = tvm.target.Target(X86_TARGETS[16])
+    with target:
+        staged = tvm.transform.Sequential(cpu.cpu_graph_stage(target))(
+            from_onnx(model, keep_params_in_input=False))
+    fast = cpu.optimize_cpu(from_onnx(model, keep_params_in_input=False), target)
+    slow = tvm.IRModule({g: (f.with_attr("tirx.is_scheduled", True) if isinstance(f, tvm.tirx.PrimFunc) else f)
+                         for g, f in staged.functions_items()}, attrs=staged.attrs)
+    conv = [n for n in cpu.record_scheduled(slow) if "conv" in n]
+    assert len(conv) == 1, cpu.record_scheduled(slow)
+    kept = cpu.keep_faster(fast, slow, target, conv)
+    assert cpu.rule_of(kept[conv[0]]) is not None  # the default rule's schedule stayed
+    swapped = cpu.keep_faster(slow, fast, target, conv)
+    assert cpu.rule_of(swapped[conv[0]]) is not None  # the faster candidate replaced the slow one
+    feeds = _feeds(model, seed=7)
+    reference = _numpy_reference(model, feeds)
+    _assert_close(_run(swapped, X86_TARGETS[16], feeds), reference, ["conv"])
