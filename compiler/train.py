@@ -4,9 +4,10 @@ The loop is deliberately plain: per step a forward pass in training mode keeping
 cache, the loss and its gradient with respect to the logits, the backend's reverse walk for the
 parameter gradients, then one optimizer update applied in place to the float32 parameters.
 
-Every random choice is derived from ``(seed, epoch, step)`` rather than from a generator that
-runs on, so a run resumed from its last checkpoint takes exactly the steps an uninterrupted run
-would have taken (same shuffles, same dropout masks) and ends with the same weights.
+Every random choice comes from generators seeded with ``(seed, epoch)`` rather than from one that
+runs on across epochs, so a run resumed from its last checkpoint (an epoch boundary) takes exactly
+the steps an uninterrupted run would have taken (same shuffles, same dropout masks) and ends with
+the same weights.
 
 A run directory holds:
 
@@ -304,10 +305,11 @@ def _logits_2d(outputs: np.ndarray) -> np.ndarray:
 
 def loss_and_gradients(graph: Graph, x: np.ndarray, labels: np.ndarray, config: TrainConfig, *,
                        params: dict[str, np.ndarray] | None = None, ctx: RunContext | None = None,
-                       dtype=np.float32):
+                       dtype=np.float32, trainable: list[str] | None = None):
     """(loss, logits, parameter gradients) for one batch in training mode.
 
     ``ctx.state_updates`` afterwards holds the running-statistics updates the forward asked for.
+    ``trainable`` (default: :func:`trainable_parameters`) names the parameters to return gradients for.
     """
     ctx = ctx or RunContext(training=True, need_grad=True)
     input_name, output_name = graph.inputs[0].name, graph.outputs[0]
@@ -316,7 +318,7 @@ def loss_and_gradients(graph: Graph, x: np.ndarray, labels: np.ndarray, config: 
     logits = _logits_2d(outputs)
     loss, dlogits = LOSSES[config.loss](logits, labels, config)
     grads = numpy_backend.backward(graph, tape, {output_name: dlogits.reshape(outputs.shape)})
-    trainable = trainable_parameters(graph)
+    trainable = trainable_parameters(graph) if trainable is None else trainable
     return loss, logits, {k: grads[k] for k in trainable if k in grads}
 
 
@@ -433,7 +435,8 @@ class Trainer:
         ctx = RunContext(training=True, need_grad=True, rng=rng)
         # Overflow on the way to a NaN loss is reported once, below, not as NumPy warnings.
         with np.errstate(over="ignore", invalid="ignore"):
-            loss, logits, grads = loss_and_gradients(self.graph, x, y, self.config, ctx=ctx)
+            loss, logits, grads = loss_and_gradients(self.graph, x, y, self.config, ctx=ctx,
+                                                     trainable=self.trainable)
         if not math.isfinite(loss):
             raise TrainingDivergedError(
                 f"the loss became {loss} at {where}; training stopped before applying that step. "
@@ -450,10 +453,13 @@ class Trainer:
         start = time.perf_counter()
         total_loss, correct, seen = 0.0, 0, 0
         lr = self.lr_at(epoch * self.steps_per_epoch)
+        # One generator per epoch (dropout masks): resuming starts at an epoch boundary, so the
+        # stream is the same as in an uninterrupted run, and seeding it once per step would cost
+        # more than a small model's whole step.
+        rng = np.random.default_rng([cfg.seed, epoch, 2])
         for step in range(self.steps_per_epoch):
             idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
             lr = self.lr_at(epoch * self.steps_per_epoch + step)
-            rng = np.random.default_rng([cfg.seed, epoch, step, 2])
             try:
                 loss, hits = self.train_step(idx, rng, lr, f"epoch {epoch + 1}, step {step + 1}")
             except TrainingDivergedError:
