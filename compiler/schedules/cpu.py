@@ -32,6 +32,7 @@ function as the zero pipeline made it.
 from __future__ import annotations
 
 import logging
+import os
 import re
 
 import numpy as np
@@ -427,6 +428,9 @@ class _BlockRemaining(relax.PyExprMutator):
         source = self._plain_source(expr)
         if source is not None and source[1] == block:
             return source[0]
+        if block == 1:  # NCHW1c is NCHW with a unit axis: a free reshape, no copy
+            shape = _static_shape(expr)
+            return self.builder_.emit(relax.op.reshape(expr, [*shape, 1]))
         return self.builder_.emit(relax.op.layout_transform(expr, _to_blocked_map(block)))
 
     def _to_plain(self, expr, block: int) -> relax.Expr:
@@ -576,7 +580,10 @@ class _BlockRemaining(relax.PyExprMutator):
         if not depthwise and in_channels % groups == 0 and out_channels % groups == 0:
             # dense or grouped: each output block must lie inside one group
             per_group_out = out_channels // groups
-            in_block = _vector_block(in_channels // groups, self.lanes)
+            # a 3-channel image stays NCHW (block 1): each tap is one broadcast of a
+            # contiguous plane, and no layout copy of the input is needed
+            in_block = (1 if in_channels // groups < 4
+                        else _vector_block(in_channels // groups, self.lanes))
             out_block = _vector_block(per_group_out, self.lanes)
             data = self._to_blocked(call.args[0], in_block)
             weight = self.builder_.emit(relax.op.layout_transform(
@@ -862,7 +869,7 @@ def _inline_epilogue(sch, producer) -> object:
 # Below this many loop iterations (times the reduction) a function runs on one thread: waking
 # the pool costs more than it saves, and on a loaded machine a parallel region waits for its
 # slowest thread.
-_PARALLEL_MIN_WORK = 1 << 16
+_PARALLEL_MIN_WORK = int(os.environ.get("EDGECNN_PARALLEL_MIN_WORK", 1 << 22))
 
 
 def _work(sch, block) -> int:
