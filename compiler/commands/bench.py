@@ -61,6 +61,31 @@ def _split(total: int, parts: int) -> list[int]:
     return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
 
 
+def measure(bundle, *, repeat: int, warmup: int, threads: int | None, compare: bool) -> tuple[dict, list[str]]:
+    """Time a bundle, and with ``compare`` onnxruntime on its model.onnx in interleaved rounds.
+
+    Returns the JSON result (the keys `edgecnn bench --json` promises) and the table rows.
+    """
+    if not compare:
+        stats = bench_bundle(bundle, repeat=repeat, warmup=warmup, threads=threads)
+        return stats.to_dict(), [stats.row("edgecnn")]
+    session = _onnxruntime_session(bundle, threads)
+    feeds = {name: bundle.golden_inputs[name] for name in bundle.input_names}
+    edge_times: list[float] = []
+    ort_times: list[float] = []
+    bundle.time(repeat=1, warmup=warmup)
+    _time_onnxruntime(session, feeds, 1, warmup)
+    for count in _split(repeat, ROUNDS):
+        edge_times += bundle.time(repeat=count, warmup=1)
+        ort_times += _time_onnxruntime(session, feeds, count, 1)
+    stats = summarize(edge_times, batch=bundle.batch, threads=threads)
+    peer = summarize(ort_times, batch=bundle.batch, threads=threads)
+    result = stats.to_dict()
+    result["onnxruntime"] = peer.to_dict()
+    result["ratio_p50"] = stats.p50_ms / peer.p50_ms
+    return result, [stats.row("edgecnn"), peer.row("onnxruntime")]
+
+
 def run(args) -> int:
     check_counts(args.repeat, args.warmup)
     if args.compare and (args.rpc or args.emulate):
@@ -74,27 +99,8 @@ def run(args) -> int:
     if args.emulate:
         print("note: under qemu these are emulator timings; they say nothing about an ARM board's speed",
               file=sys.stderr)
-    result: dict
-    if not args.compare:
-        stats = bench_bundle(bundle, repeat=args.repeat, warmup=args.warmup, threads=threads)
-        result = stats.to_dict()
-        rows = [stats.row("edgecnn")]
-    else:
-        session = _onnxruntime_session(bundle, threads)
-        feeds = {name: bundle.golden_inputs[name] for name in bundle.input_names}
-        edge_times: list[float] = []
-        ort_times: list[float] = []
-        bundle.time(repeat=1, warmup=args.warmup)
-        _time_onnxruntime(session, feeds, 1, args.warmup)
-        for count in _split(args.repeat, ROUNDS):
-            edge_times += bundle.time(repeat=count, warmup=1)
-            ort_times += _time_onnxruntime(session, feeds, count, 1)
-        stats = summarize(edge_times, batch=bundle.batch, threads=threads)
-        peer = summarize(ort_times, batch=bundle.batch, threads=threads)
-        result = stats.to_dict()
-        result["onnxruntime"] = peer.to_dict()
-        result["ratio_p50"] = stats.p50_ms / peer.p50_ms
-        rows = [stats.row("edgecnn"), peer.row("onnxruntime")]
+    result, rows = measure(bundle, repeat=args.repeat, warmup=args.warmup, threads=threads,
+                           compare=bool(args.compare))
     result.update(model=bundle.model_name, bundle=str(bundle.path), where=where(args),
                   target=bundle.manifest["target"].get("preset"), executor=bundle.executor.description)
     bundle.close()
