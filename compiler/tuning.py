@@ -1,0 +1,200 @@
+"""MetaSchedule tuning with a persistent database, keyed by workload and target.
+
+The database lives in one directory per target (``<root>/<preset>-<hash of the full target>``),
+so records tuned for one CPU never leak into another's build; inside it MetaSchedule's JSON
+database keys records by the structural hash of each TensorIR workload. Compiling a model
+whose tasks were all tuned before therefore applies the records and runs no trial (a task whose
+candidates all failed is not retried either: delete its database directory to start again).
+
+Trials are spread over the tasks that lack records in proportion to their weight (how often
+the workload runs per inference times its FLOPs), each task tuned on its own so progress can
+be shown task by task. Records are appended to the database as they are measured, so Ctrl-C
+keeps everything gathered so far.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgecnn.runtime.errors import InputError, received
+from edgecnn.targets import Preset, TargetError
+
+# Measurement settings for the local runner: a few repeats, short enough for 2-core machines.
+EVALUATOR = {"number": 3, "repeat": 1, "min_repeat_ms": 40, "enable_cpu_cache_flush": False}
+BUILD_TIMEOUT_S = 120.0
+RUN_TIMEOUT_S = 60.0
+
+
+def default_db_root() -> Path:
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "edgecnn" / "tuning"
+
+
+def tuning_target(preset: Preset):
+    """The preset's target, with ``num-cores`` set when absent (MetaSchedule sizes its parallel loops by it)."""
+    from tvm.target import Target
+
+    spec = preset.target_json()
+    if spec.get("kind") == "llvm" and "num-cores" not in spec:
+        spec["num-cores"] = os.cpu_count() or 1
+    return Target(spec)
+
+
+def database_dir(root, preset: Preset) -> Path:
+    """One directory per target: the preset name (for people) and a hash of the full target (for safety)."""
+    key = json.dumps(preset.target_json(), sort_keys=True)
+    return Path(root) / f"{preset.name}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+
+
+def open_database(directory: Path):
+    from tvm.s_tir import meta_schedule as ms
+
+    directory.mkdir(parents=True, exist_ok=True)
+    return ms.database.JSONDatabase(work_dir=str(directory), module_equality="structural")
+
+
+@dataclass
+class Task:
+    name: str
+    weight: int
+    flops: float
+    extracted: object  # ms ExtractedTask
+
+    @property
+    def workload(self):
+        return self.extracted.dispatched[0]
+
+
+def extract_tasks(relax_mod, preset: Preset, target) -> list[Task]:
+    """The TensorIR workloads of the fused module, before any schedule."""
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.analysis import estimate_tir_flops
+
+    from .lower import graph_stage
+
+    with target:
+        fused = graph_stage(target)(relax_mod)
+    tasks = []
+    for t in ms.relax_integration.extract_tasks(fused, target):
+        if t.mod.attrs is not None and t.mod.attrs.get("tirx.is_scheduled", False):
+            continue
+        try:
+            flops = float(estimate_tir_flops(t.dispatched[0]))
+        except Exception:  # data movement only: nothing to count
+            flops = 0.0
+        tasks.append(Task(str(t.task_name), int(t.weight), flops, t))
+    return tasks
+
+
+def has_record(database, task: Task, target) -> bool:
+    """A measured, valid schedule for this workload exists (it will be applied)."""
+    if not database.has_workload(task.workload):
+        return False
+    return database.query_tuning_record(task.workload, target, task.name) is not None
+
+
+def was_tuned(database, task: Task) -> bool:
+    """The workload has been measured before, even if every candidate failed: it is not tuned again."""
+    if not database.has_workload(task.workload):
+        return False
+    key = database.commit_workload(task.workload).as_json()[0]
+    return any(r.workload.as_json()[0] == key for r in database.get_all_tuning_records())
+
+
+def split_budget(trials: int, tasks: list[Task]) -> list[int]:
+    """Trials per task, proportional to weight x FLOPs (at least one each while the budget lasts).
+
+    With fewer trials than tasks, the heaviest tasks get one trial each and the rest wait for
+    a later compile (their records are still missing then, so they are tuned next time).
+    """
+    if not tasks or trials <= 0:
+        return [0] * len(tasks)
+    cost = [max(t.weight * t.flops, 1.0) for t in tasks]
+    order = sorted(range(len(tasks)), key=lambda i: -cost[i])
+    budget = [0] * len(tasks)
+    for i in order[:trials]:
+        budget[i] = 1
+    left = trials - sum(budget)
+    if left > 0:
+        total = sum(cost)
+        shares = [left * c / total for c in cost]
+        for i in range(len(tasks)):
+            budget[i] += int(shares[i])
+        remainder = trials - sum(budget)
+        for i in sorted(order, key=lambda i: -(shares[i] - int(shares[i])))[:remainder]:
+            budget[i] += 1
+    return budget
+
+
+def _search_strategy(trials: int):
+    """Evolutionary search sized to the budget: the defaults (population 512, 4 generations) cost
+    tens of seconds per task on 2 cores before the first candidate is measured."""
+    from tvm.s_tir import meta_schedule as ms
+
+    population = max(32, min(512, 16 * trials))
+    return ms.search_strategy.EvolutionarySearch(
+        population_size=population, init_min_unmeasured=min(50, population // 2),
+        genetic_num_iters=1 if trials < 32 else 4)
+
+
+def _tune_one(task: Task, trials: int, target, database, work_dir: Path, builder, runner) -> None:
+    from tvm.s_tir import meta_schedule as ms
+
+    contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+        [task.extracted], work_dir=str(work_dir), strategy=_search_strategy(trials),
+        num_threads=os.cpu_count() or 1)
+    if not contexts:
+        return
+    ms.tune.tune_tasks(
+        tasks=contexts, task_weights=weights, work_dir=str(work_dir), max_trials_global=trials,
+        max_trials_per_task=trials, num_trials_per_iter=max(1, min(trials, 16)), builder=builder,
+        runner=runner, database=database, task_scheduler="round-robin")
+
+
+def prepare(relax_mod, preset: Preset, *, trials: int, db_root=None, log=None):
+    """Tune what lacks records (``trials`` > 0) and return (database, manifest ``tuning`` entry)."""
+    say = log or (lambda msg: None)
+    if trials < 0:
+        raise InputError(f"the number of tuning trials must be >= 0. {received(trials=trials)}")
+    caps = preset.capabilities()
+    if trials > 0 and not caps.run:
+        raise TargetError(f"tuning measures candidates on the device, and preset '{preset.name}' cannot run on "
+                          f"this machine ({'; '.join(caps.limits + caps.missing)}); compile without --tune, "
+                          f"or tune on the device")
+    target = tuning_target(preset)
+    directory = database_dir(db_root or default_db_root(), preset)
+    database = open_database(directory)
+    tasks = extract_tasks(relax_mod, preset, target)
+    todo = [t for t in tasks if not was_tuned(database, t)]
+    say(f"tuning database {directory}: {len(tasks) - len(todo)} of {len(tasks)} task(s) tuned before")
+    before = len(database)
+    if trials > 0 and todo:
+        from tvm.s_tir import meta_schedule as ms
+
+        budget = split_budget(trials, todo)
+        start = time.perf_counter()
+        # One builder and one runner for all tasks: their worker processes import TVM once, which
+        # alone can exceed MetaSchedule's 30 s build timeout on a loaded 2-core machine.
+        builder = ms.builder.LocalBuilder(max_workers=1, timeout_sec=BUILD_TIMEOUT_S)
+        runner = ms.runner.LocalRunner(timeout_sec=RUN_TIMEOUT_S, evaluator_config=ms.runner.EvaluatorConfig(**EVALUATOR))
+        try:
+            # MetaSchedule prints progress tables; keep stdout for the command's own output.
+            with contextlib.redirect_stdout(sys.stderr):
+                for n, (task, count) in enumerate(zip(todo, budget), start=1):
+                    if count == 0:
+                        continue
+                    say(f"tuning task {n}/{len(todo)} {task.name} (weight {task.weight}, "
+                        f"{task.flops / 1e6:.1f} MFLOP, {count} trial(s); {time.perf_counter() - start:.0f} s so far)")
+                    _tune_one(task, count, target, database, directory / "logs", builder, runner)
+        except KeyboardInterrupt:
+            say(f"tuning interrupted: the {len(database) - before} record(s) measured so far are kept in {directory}")
+            raise
+    with_records = sum(has_record(database, t, target) for t in tasks)
+    info = {"applied": with_records > 0, "records": with_records, "trials": len(database) - before}
+    return database, info
