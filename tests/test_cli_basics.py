@@ -1,4 +1,4 @@
-"""The command line: `edgecnn summary` (text, --json, --input-shape, errors) and a first `edgecnn demo`."""
+"""The command line: `edgecnn summary` (text, --json, --input-shape, errors)."""
 import json
 import subprocess
 import sys
@@ -91,12 +91,3 @@ def test_summary_of_saved_model_and_onnx_file(capsys, tmp_path):
         by_name = {layer["name"]: layer for layer in doc["layers"]}
         for layer in reference["layers"]:
             assert by_name[layer["name"]] == layer, (spec, layer["name"])
-
-
-def test_demo_writes_a_report(capsys, tmp_path):
-    code, out, err = run_main(capsys, "demo", "-o", str(tmp_path / "report"), "--samples", "4")
-    assert code == 0, err
-    assert "Model: digits-cnn" in out
-    report = (tmp_path / "report" / "report.md").read_text()
-    assert "digits-cnn" in report and "| sample | true | predicted | confidence |" in report
-    assert report.count("\n| ") == 1 + 4  # the header row plus one row per digit
