@@ -466,3 +466,37 @@ def compile_model(model, target: str, out_dir, *, batch: int = 1, tune: int = 0,
                   opset: int = 17) -> Path:
     """Compile to a bundle directory and return its path (see :func:`compile_bundle`)."""
     return compile_bundle(model, target, out_dir, batch=batch, tune=tune, tuning_db=tuning_db, opset=opset).path
+
+
+# -- a compile cache for `edgecnn run --backend tvm` ----------------------------------------------
+
+def default_cache_root() -> Path:
+    import os
+
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "edgecnn" / "bundles"
+
+
+def cached_bundle(model, target: str = "host", *, cache_root=None, log=None) -> Path:
+    """A bundle of ``model`` (a Graph or an ``.onnx`` path) for ``target``, compiled once and reused.
+
+    The key covers the exact ONNX bytes, the preset's full target and the edgecnn and TVM
+    versions, so a changed model, CPU or compiler gets a fresh bundle.
+    """
+    import tvm
+
+    from .ir import Graph
+    from .onnx_io import edgecnn_version, export_model
+
+    preset = get_preset(target)
+    if isinstance(model, Graph):
+        onnx_bytes = export_model(model, static_batch=1).SerializeToString()
+    else:
+        onnx_bytes = Path(model).read_bytes()
+    key = hashlib.sha256(onnx_bytes)
+    key.update(json.dumps([preset.name, preset.target_json(), edgecnn_version(), tvm.__version__],
+                          sort_keys=True).encode())
+    path = Path(cache_root or default_cache_root()) / f"{preset.name}-{key.hexdigest()[:24]}"
+    if not (path / "manifest.json").is_file():
+        compile_bundle(model, target, path, log=log)
+    return path

@@ -17,7 +17,8 @@ import numpy as np
 
 from edgecnn.runtime.errors import InputError
 
-HELP = "run a model on inputs from .npy/.npz/images with the NumPy backend or onnxruntime; -o writes outputs as .npz"
+HELP = ("run a model on inputs from .npy/.npz/images with the NumPy backend, onnxruntime or TVM (compiled "
+        "for this CPU, cached); -o writes outputs as .npz")
 
 
 @dataclass
@@ -50,10 +51,23 @@ def _run_onnxruntime(model: Loaded, feeds: dict) -> dict:
     return dict(zip(names, session.run(names, feeds)))
 
 
+def _run_tvm(model: Loaded, feeds: dict) -> dict:
+    """Compiled for this CPU (the ``host`` preset) on first use, then from the compile cache."""
+    from edgecnn.runtime.bundle import Bundle
+
+    from ..lower import cached_bundle
+
+    path = cached_bundle(model.onnx_path or model.graph, "host",
+                         log=lambda m: print(f"edgecnn run: {m}", file=sys.stderr, flush=True))
+    with Bundle.open(path) as bundle:
+        return bundle.run(feeds)
+
+
 #: backend name -> function(Loaded, feeds {input name: float32 array}) -> {output name: array}
 BACKENDS = {
     "numpy": _run_numpy,
     "onnxruntime": _run_onnxruntime,
+    "tvm": _run_tvm,
 }
 
 
