@@ -48,6 +48,7 @@ def parse_args(argv=None):
                    help="MetaSchedule trials for the tuned edgecnn peer (0: not run)")
     p.add_argument("--layers", action="store_true", help="time every compiled function alone")
     p.add_argument("--name", default="cpu_kernels", help="result file stem under bench/results/")
+    p.add_argument("--no-winograd", action="store_true", help="direct convolutions only")
     return p.parse_args(argv)
 
 
@@ -262,12 +263,22 @@ def peak_gflops(threads: int) -> float:
 
 
 def function_flops(func) -> int:
-    """2 x the iteration space of the largest reduction block: the MACs of a conv or dense."""
+    """Useful FLOPs of a function: 2 x the iteration space of its largest reduction block (the
+    MACs of a direct conv or dense); for a Winograd conv, the direct conv's FLOPs (output size
+    x input channels x 9 x 2), so its GFLOP/s compare with direct convs and onnxruntime."""
     from tvm import s_tir
 
     sch = s_tir.Schedule(func)
+    blocks = {str(sch.get(b).name_hint): b for b in _all_blocks(sch)}
+    if "winograd_output" in blocks and "winograd_input" in blocks:
+        out = 1
+        for iv in sch.get(blocks["winograd_output"]).iter_vars[:5]:
+            out *= int(iv.dom.extent)
+        in_iters = sch.get(blocks["winograd_input"]).iter_vars
+        in_channels = int(in_iters[2].dom.extent) * int(in_iters[4].dom.extent)
+        return 2 * out * in_channels * 9
     best = 0
-    for block in _all_blocks(sch):
+    for block in blocks.values():
         iters = sch.get(block).iter_vars
         if not any(int(iv.iter_type) == 2 for iv in iters):
             continue
@@ -358,6 +369,10 @@ def main(argv=None) -> int:
     from edgecnn.targets.presets import get_preset
 
     target = get_preset(args.target).target()
+    if args.no_winograd:
+        from edgecnn.compiler.schedules import cpu
+
+        cpu.use_winograd = lambda *shape: False
     peak = peak_gflops(args.threads)
     print(f"measured fp32 peak (SGEMM 2048, {args.threads} threads): {peak:.0f} GFLOP/s; "
           f"load average {os.getloadavg()}", file=sys.stderr)
@@ -420,6 +435,9 @@ def main(argv=None) -> int:
                 r["gflops"] = r["flops"] / (r["ms"] * 1e-3) / 1e9 if r["ms"] > 0 else 0.0
                 r["fraction_of_peak"] = r["gflops"] / peak
             result["layers"] = sorted(layer_rows, key=lambda r: -r["ms"])
+            # the issue's per-layer bar: no layer under 50% of peak costing over 5% of the model
+            result["slow_costly_layers"] = [
+                r["function"] for r in layer_rows if r["share"] > 0.05 and r["fraction_of_peak"] < 0.5]
         results.append(result)
         row = {"model": name, "GFLOP": flops / 1e9, "ort ms": p50["onnxruntime"] * 1e3}
         for peer in ("pytorch", "tvm-zero", "edgecnn", "edgecnn-tuned"):

@@ -269,9 +269,16 @@ def _winograd_conv_te(data, weight_t, bt_matrix, at_matrix, padding):
 
 
 def use_winograd(in_channels: int, out_channels: int, out_h: int, out_w: int) -> bool:
-    """Winograd for a 3x3 stride-1 conv when the GEMM it leaves is large enough to run at full
-    speed: enough channels to fill the register tile, enough tiles to amortize the transforms."""
-    return in_channels >= 32 and out_channels >= 32 and out_h >= 8 and out_w >= 8
+    """Winograd F(4x4, 3x3) for a 3x3 stride-1 conv when its estimated cost beats the direct
+    conv's. Per output pixel, direct: 9 IC OC FMAs at full speed; Winograd: 2.25 IC OC in the
+    GEMM, plus the input transform (81 IC, about 3x less efficient: 36-term sums, strided
+    reads) and the output transform (36 OC, about 2x). Channels >= 64 pay off; 32 is marginal.
+    Small images leave too few 4x4 tiles to fill the GEMM's register tile."""
+    if in_channels < 32 or out_channels < 32 or out_h * out_w < 16 * 16:
+        return False
+    direct = 9.0 * in_channels * out_channels
+    winograd = 2.25 * in_channels * out_channels + 3 * 81 * in_channels + 2 * 36 * out_channels
+    return winograd < 0.8 * direct
 
 
 _BLOCKED = re.compile(r"^NCHW(\d+)c$")
@@ -880,7 +887,7 @@ def _work(sch, block) -> int:
     return total
 
 
-def _schedule_spatial(sch, block, lanes: int) -> None:
+def _schedule_spatial(sch, block, lanes: int, parallel: bool | None = None) -> None:
     """Parallel outer loops and a vectorized innermost axis for an elementwise/injective block."""
     loops = sch.get_loops(block)
     if not loops:
@@ -891,7 +898,8 @@ def _schedule_spatial(sch, block, lanes: int) -> None:
     if total is None:
         sch.parallel(fused)
         return
-    parallel = total >= _PARALLEL_MIN_WORK // 4
+    if parallel is None:
+        parallel = total >= _PARALLEL_MIN_WORK // 4
     vec = 0
     if inner_extent and inner_extent % lanes == 0:
         vec = lanes
@@ -908,7 +916,7 @@ def _schedule_spatial(sch, block, lanes: int) -> None:
         sch.parallel(fused)
 
 
-def _schedule_reduction(sch, block, lanes: int) -> None:
+def _schedule_reduction(sch, block, lanes: int, parallel: bool | None = None) -> None:
     """Parallel spatial loops; the innermost spatial axis (or its last ``lanes`` part) moved
     inside the reduction and vectorized (pooling over NCHWc channels, dense over output
     units); the initialization split off."""
@@ -938,7 +946,9 @@ def _schedule_reduction(sch, block, lanes: int) -> None:
     if outer:
         fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
         extent = _loop_extent(sch, fused)
-        if (extent is None or extent >= 2) and _work(sch, block) >= _PARALLEL_MIN_WORK:
+        if parallel is None:
+            parallel = _work(sch, block) >= _PARALLEL_MIN_WORK
+        if (extent is None or extent >= 2) and parallel:
             sch.parallel(fused)
     if vector is not None:
         sch.vectorize(vector)
@@ -978,7 +988,7 @@ class _SafeRule(ScheduleRule):
         raise NotImplementedError
 
 
-def _schedule_tiled(sch, block, lanes) -> bool:
+def _schedule_tiled(sch, block, lanes, parallel: bool | None = None) -> bool:
     """The register-tiled schedule shared by direct, depthwise and Winograd convolutions, for
     a block with 5 spatial axes (outer, outer, outer, columns, channel vector) and its
     reductions: accumulators for ``reg_w`` columns x one channel vector live in registers
@@ -995,7 +1005,8 @@ def _schedule_tiled(sch, block, lanes) -> bool:
     if out_block > lanes:
         limit = max(limit * lanes // out_block, 4)
     reg_w = _best_tile(out_w, limit)
-    work = _work(sch, block)
+    if parallel is None:
+        parallel = _work(sch, block) >= _PARALLEL_MIN_WORK
     sch.cache_write(block, 0, "local")
     copy = sch.get_consumers(block)[0]
     out = _inline_epilogue(sch, copy)
@@ -1006,7 +1017,7 @@ def _schedule_tiled(sch, block, lanes) -> bool:
     x_out, x_in = sch.split(x, [None, reg_w])
     sch.reorder(a, b, c, x_out, x_in, vec)
     outer = sch.fuse(a, b, c)
-    if work >= _PARALLEL_MIN_WORK:
+    if parallel:
         sch.parallel(outer)
     sch.vectorize(vec)
     sch.compute_at(block, x_out, preserve_unit_loops=True)
@@ -1052,11 +1063,14 @@ class WinogradConv(_SafeRule):
             return False
         gemm = sch.get_sblock(WINOGRAD_GEMM_BLOCK)
         others = [n for n in _other_block_names(sch, gemm) if n != WINOGRAD_OUTPUT_BLOCK]
-        if not _schedule_tiled(sch, gemm, lanes):
+        # one decision for the whole conv: its stages are small, the conv as a whole is not
+        output = sch.get_sblock(WINOGRAD_OUTPUT_BLOCK)
+        parallel = _work(sch, output) * 9 >= _PARALLEL_MIN_WORK
+        if not _schedule_tiled(sch, gemm, lanes, parallel):
             return False
-        if not _schedule_tiled(sch, sch.get_sblock(WINOGRAD_OUTPUT_BLOCK), lanes):
+        if not _schedule_tiled(sch, sch.get_sblock(WINOGRAD_OUTPUT_BLOCK), lanes, parallel):
             return False
-        _schedule_remaining(sch, others, lanes)
+        _schedule_remaining(sch, others, lanes, parallel)
         return True
 
 
@@ -1066,20 +1080,20 @@ def _other_block_names(sch, main) -> list[str]:
             if str(sch.get(b).name_hint) != main_name]
 
 
-def _schedule_remaining(sch, names, lanes) -> None:
+def _schedule_remaining(sch, names, lanes, parallel: bool | None = None) -> None:
     """Give the blocks outside the main loop nest (padding, epilogues that could not be
     inlined) their own parallel, vectorized loops."""
     for name in names:
         if not _has_block(sch, name):
             continue  # inlined into the main nest
-        _schedule_other(sch, sch.get_sblock(name), lanes)
+        _schedule_other(sch, sch.get_sblock(name), lanes, parallel)
 
 
-def _schedule_other(sch, block, lanes) -> None:
+def _schedule_other(sch, block, lanes, parallel: bool | None = None) -> None:
     if _is_spatial(sch, block):
-        _schedule_spatial(sch, block, lanes)
+        _schedule_spatial(sch, block, lanes, parallel)
     else:
-        _schedule_reduction(sch, block, lanes)
+        _schedule_reduction(sch, block, lanes, parallel)
 
 
 class PlainConv(_SafeRule):

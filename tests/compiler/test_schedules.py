@@ -124,7 +124,6 @@ CONV_CASES = [
     ("winograd_asym_pad", 40, 48, 3, 1, [0, 1, 1, 0], 1, 1, 10, 13, "clip"),
     ("winograd_exact_tiles", 32, 64, 3, 1, None, 1, 1, 8, 8, ""),
 ]
-WINOGRAD_CASES = {"winograd", "winograd_asym_pad", "winograd_exact_tiles"}
 
 
 def _tail(net, y, tail):
@@ -250,11 +249,37 @@ def test_conv_table_matches_numpy(conv_table, lowered_by_lanes, lanes):
 
 
 @pytest.mark.parametrize("lanes", [16, 4])
+def test_winograd_matches_numpy(conv_table, monkeypatch, lanes):
+    """Every 3x3 stride-1 dense conv of the table forced through Winograd F(4x4, 3x3):
+    odd sizes, padding, partial tiles, channel counts that do not divide the block."""
+    _require_x86(lanes)
+    monkeypatch.setattr(cpu, "use_winograd", lambda *shape: True)
+    model, feeds, reference = conv_table
+    lowered = _lower(model, X86_TARGETS[lanes])
+    rules = {n: cpu.rule_of(f) for n, f in _prim_funcs(lowered).items() if "winograd" in n}
+    eligible = [c for c in CONV_CASES if c[3] == 3 and c[4] == 1 and c[6] == 1 and c[7] == 1]
+    assert len(rules) == len(eligible) and set(rules.values()) == {"WinogradConv"}, rules
+    shapes = [tuple(int(d) for d in _prim_funcs(lowered)[n].params[-1].shape) for n in rules]
+    assert (1, 64 // lanes, 8, 8, lanes) in shapes, shapes
+    _assert_close(_run(lowered, X86_TARGETS[lanes], feeds), reference, [c[0] for c in CONV_CASES])
+
+
+def test_winograd_is_chosen_for_wide_layers_only():
+    assert cpu.use_winograd(64, 128, 56, 56)
+    assert cpu.use_winograd(128, 128, 28, 28)
+    assert not cpu.use_winograd(3, 32, 224, 224)
+    assert not cpu.use_winograd(16, 16, 56, 56)
+    assert not cpu.use_winograd(256, 256, 7, 7)
+
+
+@pytest.mark.parametrize("lanes", [16, 4])
 def test_chain_matches_numpy(lanes):
     _require_x86(lanes)
     model = chain_model()
     feeds = _feeds(model, seed=3)
     lowered = _lower(model, X86_TARGETS[lanes])
+    assert {cpu.rule_of(f) for n, f in _prim_funcs(lowered).items() if "conv" in n} <= {
+        "BlockedConv", "WinogradConv"}
     _assert_close(_run(lowered, X86_TARGETS[lanes], feeds), _numpy_reference(model, feeds), ["logits"])
 
 
@@ -311,8 +336,6 @@ def test_every_function_is_scheduled_and_convs_use_conv_rules(lowered_by_lanes):
     assert len(conv_funcs) == len(CONV_CASES), sorted(conv_funcs)
     wrong = {n: r for n, r in conv_funcs.items() if r not in ("BlockedConv", "WinogradConv")}
     assert not wrong, f"convolutions not in the blocked layout: {wrong}"
-    winograd = [n for n, r in conv_funcs.items() if r == "WinogradConv"]
-    assert len(winograd) == len(WINOGRAD_CASES), winograd
 
 
 @pytest.mark.parametrize("lanes", [16, 8, 4])
@@ -323,8 +346,6 @@ def test_blocked_convs_use_the_target_vector_width(lowered_by_lanes, lanes):
     # the 16->32 3x3 conv: output (1, 32/lanes, 7, 9, lanes)
     shapes = [tuple(int(d) for d in f.params[-1].shape) for f in blocked.values()]
     assert (1, 32 // lanes, 7, 9, lanes) in shapes, shapes
-    winograd = [tuple(int(d) for d in f.params[-1].shape) for n, f in funcs.items() if "winograd" in n]
-    assert (1, 64 // lanes, 8, 8, lanes) in winograd, winograd
 
 
 def test_weight_repacks_are_folded_at_compile_time(lowered_by_lanes):
@@ -381,10 +402,12 @@ def test_aarch64_build_cross_compiles(tmp_path):
     assert header[:4] == b"\x7fELF" and int.from_bytes(header[18:20], "little") == 183  # EM_AARCH64
 
 
-def test_aarch64_numerics_under_emulation(tmp_path):
+@pytest.mark.parametrize("winograd", [False, True], ids=["direct", "winograd"])
+def test_aarch64_numerics_under_emulation(tmp_path, monkeypatch, winograd):
     """NEON schedules (4 lanes) run under qemu and match the NumPy backend."""
     from edgecnn.runtime import emulate
 
+    monkeypatch.setattr(cpu, "use_winograd", lambda *shape: winograd)
     missing = emulate.missing_requirements()
     if missing:
         pytest.skip("aarch64 emulation unavailable: " + "; ".join(missing))
