@@ -270,7 +270,8 @@ class TrainConfig:
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
-            raise InputError(f"unknown optimizer; known: {', '.join(OPTIMIZERS)}. Received: optimizer={self.optimizer!r}")
+            raise InputError(f"unknown optimizer; known: {', '.join(OPTIMIZERS)}. "
+                             f"Received: optimizer={self.optimizer!r}")
         if self.loss not in LOSSES:
             raise InputError(f"unknown loss; known: {', '.join(LOSSES)}. Received: loss={self.loss!r}")
         if self.schedule not in SCHEDULES:

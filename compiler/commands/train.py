@@ -30,6 +30,8 @@ def add_arguments(parser):
     parser.add_argument("--label-smoothing", type=float, default=0.0)
     parser.add_argument("--loss", choices=("cross_entropy", "mse"), default="cross_entropy")
     parser.add_argument("--seed", type=int, default=0, help="seeds the split, the shuffles and the zoo weights")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="BLAS threads for training (default: the BLAS library's own choice)")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
     parser.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -37,6 +39,18 @@ def add_arguments(parser):
 
 
 def run(args) -> int:
+    if args.threads is None:
+        return _run(args)
+    if args.threads < 1:
+        raise InputError(f"--threads must be a positive integer. Received: threads={args.threads}")
+    # threadpoolctl comes with scikit-learn (a dependency); it resizes the BLAS pool already loaded.
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=args.threads):
+        return _run(args)
+
+
+def _run(args) -> int:
     from ..train import TrainConfig, Trainer, train
 
     progress = not args.quiet

@@ -263,7 +263,7 @@ def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path):
 def test_cli_train_json_and_resume(tmp_path, capsys):
     run_dir = tmp_path / "run"
     code = main(["train", "digits-cnn", "--dataset", "digits", "--epochs", "1", "--batch-size", "128",
-                 "--optimizer", "adam", "--lr", "0.003", "--seed", "1", "--json", "-o", str(run_dir)])
+                 "--threads", "1", "--optimizer", "adam", "--lr", "0.003", "--seed", "1", "--json", "-o", str(run_dir)])
     out, err = capsys.readouterr()
     assert code == 0
     doc = json.loads(out)
