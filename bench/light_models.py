@@ -1,0 +1,114 @@
+"""Compile the nine `light` ONNX models that ship with the onnx package for `host`, and compare.
+
+For each model: the wall time of ``compile_bundle`` (import, fold, pipeline, tvm.compile,
+export_library, golden data), the largest difference from onnxruntime on seeded random inputs
+(the pass mark is the bundle tolerance, rtol = atol = 1e-4), and the latency of the untuned
+bundle against onnxruntime on the same inputs, the two interleaved round by round.
+
+    .venv/bin/python bench/light_models.py [--repeat 3] [--only resnet50,squeezenet] [--target host]
+
+Prints a table and writes bench/results/light_models.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from edgecnn.compiler.lower import compile_bundle
+from edgecnn.runtime.bundle import Bundle
+
+LIGHT_DIR = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
+RESULTS = Path(__file__).parent / "results" / "light_models.json"
+RTOL = ATOL = 1e-4
+
+
+def _ort_session(path: Path):
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # old exporters leave unused initializers; the warnings drown the table
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def bench_one(path: Path, target: str, repeat: int, workdir: Path) -> dict:
+    start = time.perf_counter()
+    result = compile_bundle(path, target, workdir / path.stem)
+    compile_s = time.perf_counter() - start
+
+    session = _ort_session(workdir / path.stem / "model.onnx")  # the static-batch model that was compiled
+    rng = np.random.default_rng(0)
+    feeds = {i["name"]: rng.standard_normal(i["shape"]).astype(np.float32) for i in result.manifest["inputs"]}
+    names = [o.name for o in session.get_outputs()]
+    row = {"model": path.stem.removeprefix("light_"), "compile_s": round(compile_s, 2),
+           "golden_reference": result.manifest["golden"]["reference"]}
+    with Bundle.open(result.path) as bundle:
+        ours = bundle.run(feeds)
+        theirs = dict(zip(names, session.run(names, feeds)))
+        abs_err = max(float(np.max(np.abs(ours[n] - theirs[n]))) for n in names)
+        scale = max(float(np.max(np.abs(theirs[n]))) for n in names)
+        row.update(max_abs_err=abs_err, max_abs_ref=scale,
+                   passed=all(np.allclose(ours[n], theirs[n], rtol=RTOL, atol=ATOL) for n in names))
+        tvm_ms, ort_ms = [], []
+        for _ in range(repeat):  # interleaved: machine load drifts between rounds
+            t = time.perf_counter()
+            bundle.run(feeds)
+            tvm_ms.append((time.perf_counter() - t) * 1e3)
+            t = time.perf_counter()
+            session.run(names, feeds)
+            ort_ms.append((time.perf_counter() - t) * 1e3)
+    row.update(tvm_ms=round(statistics.median(tvm_ms), 2), onnxruntime_ms=round(statistics.median(ort_ms), 2))
+    row["ratio_tvm_over_ort"] = round(row["tvm_ms"] / row["onnxruntime_ms"], 2)
+    return row
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--target", default="host")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--only", default="", help="comma-separated model names (without light_)")
+    parser.add_argument("--json-out", default=str(RESULTS))
+    args = parser.parse_args(argv)
+
+    models = sorted(LIGHT_DIR.glob("light_*.onnx"))
+    if args.only:
+        wanted = {f"light_{n}" for n in args.only.split(",")}
+        models = [m for m in models if m.stem in wanted]
+    rows = []
+    header = f"{'model':<14}{'compile s':>10}{'max |err|':>12}{'max |ref|':>11}{'pass':>6}{'tvm ms':>10}{'ort ms':>9}{'tvm/ort':>9}  reference"
+    print(header)
+    with tempfile.TemporaryDirectory() as tmp:
+        for path in models:
+            try:
+                row = bench_one(path, args.target, args.repeat, Path(tmp))
+            except Exception as exc:  # one model failing must not hide the others' numbers
+                row = {"model": path.stem.removeprefix("light_"), "error": f"{type(exc).__name__}: {exc}"}
+                print(f"{row['model']:<14}FAILED: {row['error']}", flush=True)
+                rows.append(row)
+                continue
+            rows.append(row)
+            print(f"{row['model']:<14}{row['compile_s']:>10.2f}{row['max_abs_err']:>12.2e}{row['max_abs_ref']:>11.3g}"
+                  f"{'yes' if row['passed'] else 'NO':>6}{row['tvm_ms']:>10.1f}{row['onnxruntime_ms']:>9.1f}"
+                  f"{row['ratio_tvm_over_ort']:>9.1f}  {row['golden_reference']}", flush=True)
+    ok = [r for r in rows if "error" not in r]
+    summary = {"models": len(rows), "passed": sum(r["passed"] for r in ok),
+               "total_compile_s": round(sum(r["compile_s"] for r in ok), 1)}
+    print(f"\n{summary['passed']}/{summary['models']} match onnxruntime at rtol=atol={RTOL}; "
+          f"total compile {summary['total_compile_s']} s")
+    out = Path(args.json_out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"target": args.target, "machine": platform.machine(), "repeat": args.repeat,
+                               "rows": rows, "summary": summary}, indent=2) + "\n")
+    print(f"wrote {out}")
+    return 0 if summary["passed"] == summary["models"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
