@@ -103,7 +103,7 @@ def test_missing_cross_compiler_is_reported_with_the_fix(monkeypatch, tmp_path):
     caps = get_preset("rpi4").capabilities()
     assert not caps.build
     assert any("aarch64-linux-gnu-g++ not found: apt-get install g++-aarch64-linux-gnu" in m for m in caps.missing)
-    with pytest.raises(TargetError, match="cross compiler aarch64-linux-gnu-g++ not found"):
+    with pytest.raises(TargetError, match=r"cross compiler aarch64-linux-gnu-g\+\+ not found"):
         get_preset("rpi4").require_buildable()
 
 
