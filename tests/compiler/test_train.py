@@ -192,11 +192,19 @@ def small_digits(tmp_path, n=500):
     return str(path)
 
 
-def _small_trainer(tmp_path, epochs=2, seed=0, **overrides):
+def with_dropout(seed=0):
+    from edgecnn.compiler.layers import Conv2d, Dense, Dropout, Flatten, ReLU, Sequential
+
+    return Sequential([Conv2d(8, 3, padding="same"), ReLU(), Dropout(0.3), Flatten(), Dense(10)],
+                      input_shape=(1, 8, 8), name="dropout-net", seed=seed).build()
+
+
+def _small_trainer(tmp_path, epochs=2, seed=0, model="digits-cnn", **overrides):
     spec = small_digits(tmp_path)
     data = load_dataset(spec, seed=seed)
     config = T.TrainConfig(epochs=epochs, batch_size=32, seed=seed, **overrides)
-    return T.Trainer(zoo.build("digits-cnn", seed=seed), data, config, dataset_spec=spec)
+    graph = with_dropout(seed) if model == "with-dropout" else zoo.build(model, seed=seed)
+    return T.Trainer(graph, data, config, dataset_spec=spec)
 
 
 def test_fit_writes_run_directory(tmp_path):
@@ -220,11 +228,12 @@ def test_fit_writes_run_directory(tmp_path):
     assert ckpt["epochs_done"] == 2
 
 
-def test_resume_matches_an_uninterrupted_run(tmp_path):
-    whole = _small_trainer(tmp_path, epochs=2)
+@pytest.mark.parametrize("model", ["digits-cnn", "with-dropout"])
+def test_resume_matches_an_uninterrupted_run(tmp_path, model):
+    whole = _small_trainer(tmp_path, epochs=2, model=model)
     whole.fit(tmp_path / "whole", progress=False)
 
-    interrupted = _small_trainer(tmp_path, epochs=2)
+    interrupted = _small_trainer(tmp_path, epochs=2, model=model)
     original = interrupted.write_checkpoint
 
     def stop_after_first(run_dir):
