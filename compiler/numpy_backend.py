@@ -57,9 +57,12 @@ def forward(graph: Graph, feeds: dict[str, np.ndarray], *, params: dict[str, np.
     for k, v in source.items():
         values[k] = v if v.dtype == dtype else v.astype(dtype)
     caches = {}
+    no_grad = set() if ctx.input_grads else {spec.name for spec in graph.inputs}
     for node in graph.nodes:
         op = graph.ops[node.name]
         inputs = [values[i] if i else None for i in node.inputs]
+        if ctx.need_grad:
+            ctx.requires_grad = tuple(bool(i) and i not in no_grad for i in node.inputs)
         outputs, cache = op.forward(inputs, ctx)
         if ctx.pending_state:
             ctx.state_updates.update({node.inputs[pos]: value for pos, value in ctx.pending_state.items()})

@@ -312,7 +312,7 @@ def loss_and_gradients(graph: Graph, x: np.ndarray, labels: np.ndarray, config: 
     ``ctx.state_updates`` afterwards holds the running-statistics updates the forward asked for.
     ``trainable`` (default: :func:`trainable_parameters`) names the parameters to return gradients for.
     """
-    ctx = ctx or RunContext(training=True, need_grad=True)
+    ctx = ctx or RunContext(training=True, need_grad=True, input_grads=False)
     input_name, output_name = graph.inputs[0].name, graph.outputs[0]
     tape = numpy_backend.forward(graph, {input_name: x}, params=params, ctx=ctx, keep="tape", dtype=dtype)
     outputs = tape.values[output_name]
@@ -433,7 +433,7 @@ class Trainer:
     # -- steps ----------------------------------------------------------------------------------
     def train_step(self, idx: np.ndarray, rng: np.random.Generator, lr: float, where: str) -> tuple[float, int]:
         x, y = self.data.batch(idx), self.data.y[idx]
-        ctx = RunContext(training=True, need_grad=True, rng=rng)
+        ctx = RunContext(training=True, need_grad=True, input_grads=False, rng=rng)
         # Overflow on the way to a NaN loss is reported once, below, not as NumPy warnings.
         with np.errstate(over="ignore", invalid="ignore"):
             loss, logits, grads = loss_and_gradients(self.graph, x, y, self.config, ctx=ctx,

@@ -40,6 +40,12 @@ class RunContext:
     # Ops know their inputs only by position: a forward writes {input position: new value} here
     # and the backend moves each entry to ``state_updates`` under that input's tensor name.
     pending_state: dict = field(default_factory=dict)
+    # Whether gradients with respect to the graph's inputs are wanted. Training does not need
+    # them, and skipping them saves the first layer's most expensive backward product.
+    input_grads: bool = True
+    # Set by the backend before each node's forward: per input, whether its gradient is needed.
+    # An op may skip computing (and return None for) an input whose flag is False.
+    requires_grad: tuple = ()
 
 
 class Op:

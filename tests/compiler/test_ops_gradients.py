@@ -156,3 +156,19 @@ def test_fan_out_gradients_accumulate_through_the_backend():
         assert grads[name].shape == value.shape
         np.testing.assert_allclose(grads[name], numeric, rtol=RTOL, atol=ATOL, err_msg=name)
     assert "bn_mean" not in grads and "bn_var" not in grads
+
+
+def test_training_skips_the_graph_input_gradient_and_keeps_parameter_gradients():
+    from edgecnn.compiler import zoo
+
+    graph = zoo.build("lenet5")
+    x = np.random.default_rng(0).standard_normal((4, 1, 28, 28)).astype(np.float32)
+    grads = {}
+    for wanted in (True, False):
+        ctx = RunContext(training=True, need_grad=True, input_grads=wanted)
+        tape = numpy_backend.forward(graph, {"input": x}, ctx=ctx, keep="tape")
+        dy = np.ones_like(tape.values[graph.outputs[0]])
+        grads[wanted] = numpy_backend.backward(graph, tape, {graph.outputs[0]: dy})
+    assert "input" in grads[True] and "input" not in grads[False]
+    for name in graph.params:
+        np.testing.assert_array_equal(grads[True][name], grads[False][name])
