@@ -27,7 +27,6 @@ from edgecnn.targets import Preset, TargetError
 
 # Measurement settings for the local runner: a few repeats, short enough for 2-core machines.
 EVALUATOR = {"number": 3, "repeat": 1, "min_repeat_ms": 40, "enable_cpu_cache_flush": False}
-BUILD_TIMEOUT_S = 120.0
 RUN_TIMEOUT_S = 60.0
 
 
@@ -132,6 +131,33 @@ def split_budget(trials: int, tasks: list[Task]) -> list[int]:
     return budget
 
 
+def _in_process_builder():
+    """A MetaSchedule builder that compiles candidates in this process.
+
+    MetaSchedule's LocalBuilder starts a fresh worker pool for every batch of candidates, and
+    each worker imports TVM first: on a loaded 2-core machine that costs more than the builds.
+    Candidates are plain TensorIR functions, so building them here is safe; a failing
+    candidate becomes an error result, as in a worker.
+    """
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.meta_schedule.builder.local_builder import default_build, default_export
+    from tvm.ir.utils import derived_object
+
+    @derived_object
+    class InProcessBuilder(ms.builder.PyBuilder):
+        def build(self, build_inputs):
+            results = []
+            for item in build_inputs:
+                try:
+                    results.append(ms.builder.BuilderResult(default_export(default_build(item.mod, item.target, None)),
+                                                            None))
+                except Exception as exc:  # a candidate that does not compile is a failed trial
+                    results.append(ms.builder.BuilderResult(None, f"{type(exc).__name__}: {exc}"))
+            return results
+
+    return InProcessBuilder()
+
+
 def _search_strategy(trials: int):
     """Evolutionary search sized to the budget: the defaults (population 512, 4 generations) cost
     tens of seconds per task on 2 cores before the first candidate is measured."""
@@ -179,9 +205,9 @@ def prepare(relax_mod, preset: Preset, *, trials: int, db_root=None, log=None):
 
         budget = split_budget(trials, todo)
         start = time.perf_counter()
-        # One builder and one runner for all tasks: their worker processes import TVM once, which
-        # alone can exceed MetaSchedule's 30 s build timeout on a loaded 2-core machine.
-        builder = ms.builder.LocalBuilder(max_workers=1, timeout_sec=BUILD_TIMEOUT_S)
+        # One runner for all tasks: its worker processes import TVM once, which alone can exceed
+        # MetaSchedule's default timeouts on a loaded 2-core machine.
+        builder = _in_process_builder()
         runner = ms.runner.LocalRunner(timeout_sec=RUN_TIMEOUT_S, evaluator_config=ms.runner.EvaluatorConfig(**EVALUATOR))
         try:
             # MetaSchedule prints progress tables; keep stdout for the command's own output.
