@@ -82,12 +82,11 @@ def where(args) -> str:
 
 def run_bundle(args) -> int:
     """``edgecnn run BUNDLE --input FILE [-o OUT.npz]``: the compiled code on .npy/.npz/image inputs."""
-    import json
     import time
 
-    import numpy as np
-
     from edgecnn.runtime.images import read_inputs, top_k
+
+    from .run import report
 
     bundle = open_bundle(args.model, args)
     try:
@@ -97,34 +96,7 @@ def run_bundle(args) -> int:
         seconds = time.perf_counter() - start
     finally:
         bundle.close()
-    if args.output:
-        from ..fileio import atomic_path
-
-        if Path(args.output).suffix.lower() != ".npz":
-            raise InputError(f"-o must name an .npz file. Received: '{args.output}'")
-        with atomic_path(args.output) as tmp, open(tmp, "wb") as f:
-            np.savez(f, **outputs)
     ranked = top_k(outputs, bundle.output_names, bundle.labels, getattr(args, "top", 5))
-    if getattr(args, "json", False):
-        print(json.dumps({
-            "model": bundle.model_name, "bundle": str(bundle.path), "backend": "tvm", "where": where(args),
-            "seconds": seconds, "inputs": {k: list(v.shape) for k, v in feeds.items()},
-            "outputs": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in outputs.items()},
-            "output_file": args.output, "top": ranked,
-        }, indent=1))
-        return 0
-    shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in feeds.items())
-    outs = ", ".join(f"{k} {tuple(v.shape)}" for k, v in outputs.items())
-    print(f"{bundle.model_name} bundle ({bundle.manifest['target'].get('preset')}, {where(args)}): "
-          f"{shapes} -> {outs} in {seconds * 1e3:.1f} ms")
-    if ranked:
-        for i, row in enumerate(ranked[:8]):
-            print(f"  sample {i}: " + ", ".join(f"{c['label']} {c['probability']:.3f}" for c in row))
-        if len(ranked) > 8:
-            print(f"  ... {len(ranked) - 8} more samples")
-    else:
-        for k, v in outputs.items():
-            print(f"  {k}: min {float(v.min()):.4g}, max {float(v.max()):.4g}, mean {float(v.mean()):.4g}")
-    if args.output:
-        print(f"wrote {args.output}", file=sys.stderr)
-    return 0
+    title = f"{bundle.model_name} bundle ({bundle.manifest['target'].get('preset')}, {where(args)})"
+    return report(args, title, feeds, outputs, ranked, seconds,
+                  {"model": bundle.model_name, "bundle": str(bundle.path), "backend": "tvm", "where": where(args)})

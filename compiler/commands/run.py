@@ -2,14 +2,13 @@
 
 MODEL is a zoo name, a saved model directory or an ``.onnx`` file. Backends are entries of
 :data:`BACKENDS` (name -> function of a :class:`Loaded` model and its feeds), so adding one is
-adding an entry. Inputs come from :data:`INPUT_READERS` (file suffix -> reader).
+adding an entry. Inputs are read as for bundles (``edgecnn.runtime.images.read_inputs``).
 """
 from __future__ import annotations
 
 import json
 import sys
 import time
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,64 +70,6 @@ BACKENDS = {
 }
 
 
-def _read_npy(path: Path, graph) -> dict:
-    input_names = [s.name for s in graph.inputs]
-    if len(input_names) != 1:
-        raise InputError(f"a .npy file holds one array but the model has {len(input_names)} inputs "
-                         f"{input_names}; give an .npz with one array per input name. Received: '{path}'")
-    try:
-        return {input_names[0]: np.load(path, allow_pickle=False)}
-    except (ValueError, OSError, EOFError) as exc:
-        raise InputError(f"'{path}' is not a readable .npy array: {exc}") from None
-
-
-def _read_npz(path: Path, graph) -> dict:
-    input_names = [s.name for s in graph.inputs]
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise InputError(f"'{path}' is not a readable .npz archive: {exc}") from None
-    missing = [n for n in input_names if n not in arrays]
-    extra = sorted(set(arrays) - set(input_names))
-    if missing or extra:
-        raise InputError(f"the .npz arrays must be named after the model inputs {input_names}. "
-                         f"Received: arrays={sorted(arrays)}")
-    return arrays
-
-
-def _read_image(path: Path, graph) -> dict:
-    """One image for a single-input model: converted to its channels (grayscale or RGB), resized
-    to its H x W, scaled to [0, 1] and normalised with the model's preprocessing when it has one."""
-    from PIL import Image, UnidentifiedImageError
-
-    if len(graph.inputs) != 1 or len(graph.inputs[0].shape) != 4 or graph.inputs[0].shape[1] not in (1, 3):
-        raise InputError(f"image inputs need a model with one (N, 1 or 3, H, W) input. "
-                         f"Received: inputs={[(s.name, s.shape) for s in graph.inputs]}")
-    spec = graph.inputs[0]
-    channels, height, width = spec.shape[1:]
-    try:
-        with Image.open(path) as img:
-            img = img.convert("L" if channels == 1 else "RGB")
-            if img.size != (width, height):
-                img = img.resize((width, height), Image.BILINEAR)
-            pixels = np.asarray(img, dtype=np.float32).reshape(height, width, channels) / 255.0
-    except (UnidentifiedImageError, OSError) as exc:
-        raise InputError(f"cannot read image '{path}': {exc}") from None
-    x = pixels.transpose(2, 0, 1)[None]
-    prep = graph.metadata.get("preprocessing") or {}
-    if prep.get("mean") is not None and prep.get("std") is not None:
-        mean = np.asarray(prep["mean"], np.float32).reshape(1, -1, 1, 1)
-        std = np.asarray(prep["std"], np.float32).reshape(1, -1, 1, 1)
-        x = (x - mean) / std
-    return {spec.name: x.astype(np.float32)}
-
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
-#: input file suffix -> reader(path, graph) -> {input name: array}
-INPUT_READERS = {".npy": _read_npy, ".npz": _read_npz, **{suffix: _read_image for suffix in IMAGE_SUFFIXES}}
-
-
 def add_arguments(parser):
     parser.add_argument("model", metavar="MODEL", help="zoo name, saved model directory or .onnx file")
     parser.add_argument("--input", "-i", required=True, metavar="FILE",
@@ -157,26 +98,14 @@ def load_model(spec: str) -> Loaded:
 
 
 def read_inputs(path, graph) -> dict:
-    """Feeds for ``graph`` from a file: float32, batch dimension added to a single sample."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"input file not found. Received: --input '{path}'")
-    reader = INPUT_READERS.get(path.suffix.lower())
-    if reader is None:
-        raise InputError(f"inputs must be .npy, .npz or image ({', '.join(IMAGE_SUFFIXES)}) files. "
-                         f"Received: '{path}'")
-    arrays = reader(path, graph)
-    feeds = {}
-    for spec in graph.inputs:
-        x = np.asarray(arrays[spec.name])
-        if not np.issubdtype(x.dtype, np.floating):
-            raise InputError(f"input '{spec.name}' must hold floating-point values (the model takes float32). "
-                             f"Received: dtype={x.dtype}")
-        if x.ndim == len(spec.shape) - 1:
-            x = x[None]
-        feeds[spec.name] = np.ascontiguousarray(x, dtype=np.float32)
+    """Feeds for ``graph`` from a file: the same readers as for bundles, then checked against the graph."""
+    from edgecnn.runtime.bundle import TensorInfo
+    from edgecnn.runtime.images import read_inputs as read_files
+
     from ..numpy_backend import check_feeds
 
+    infos = [TensorInfo(spec.name, spec.concrete(1), spec.dtype) for spec in graph.inputs]
+    feeds = read_files(path, infos, graph.metadata.get("preprocessing"))
     check_feeds(graph, feeds)
     return feeds
 
@@ -215,12 +144,21 @@ def run(args) -> int:
     if missing:
         raise InputError(f"backend {args.backend} did not produce outputs {missing}. Received: {sorted(outputs)}")
     outputs = {o: np.asarray(outputs[o]) for o in graph.outputs}
+    ranked = top_k(graph, outputs, args.top)
+    return report(args, f"{args.model} on {args.backend}", feeds, outputs, ranked, seconds,
+                  {"model": args.model, "backend": args.backend})
+
+
+def report(args, title: str, feeds: dict, outputs: dict, ranked: list | None, seconds: float, facts: dict) -> int:
+    """Write ``-o OUT.npz`` and print the result (text, or one JSON document with ``--json``).
+
+    Shared by models and bundles, so both answer in the same form.
+    """
     if args.output:
         save_outputs(args.output, outputs)
-    ranked = top_k(graph, outputs, args.top)
     if args.json:
         print(json.dumps({
-            "model": args.model, "backend": args.backend, "seconds": seconds,
+            **facts, "seconds": seconds,
             "inputs": {k: list(v.shape) for k, v in feeds.items()},
             "outputs": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in outputs.items()},
             "output_file": args.output, "top": ranked,
@@ -228,7 +166,7 @@ def run(args) -> int:
         return 0
     shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in feeds.items())
     outs = ", ".join(f"{k} {tuple(v.shape)}" for k, v in outputs.items())
-    print(f"{args.model} on {args.backend}: {shapes} -> {outs} in {seconds * 1e3:.1f} ms")
+    print(f"{title}: {shapes} -> {outs} in {seconds * 1e3:.1f} ms")
     if ranked:
         shown = ranked[:8]
         for i, row in enumerate(shown):

@@ -104,7 +104,7 @@ def test_run_npz_input_single_sample_and_zoo_model(tmp_path, capsys, rng):
     (lambda d: np.save(d / "i.npy", np.zeros((1, 1, 7, 8), np.float32)), "must have shape"),
     (lambda d: np.save(d / "i.npy", np.zeros((1, 1, 8, 8), np.int64)), "floating-point"),
     (lambda d: (d / "i.npy").write_bytes(b"not numpy"), "not a readable .npy"),
-    (lambda d: (d / "i.png").write_bytes(b"x"), "cannot read image"),
+    (lambda d: (d / "i.png").write_bytes(b"x"), "not a readable image"),
     (lambda d: (d / "i.txt").write_bytes(b"x"), "inputs must be"),
 ])
 def test_run_input_errors(tmp_path, capsys, make_input, expected):
