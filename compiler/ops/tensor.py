@@ -111,15 +111,19 @@ def _constant_input(node, position: int, ctx, what: str, required: bool = True):
 
 
 # -- elementwise arithmetic -------------------------------------------------------------------
-@register
-class Add(Op):
-    """``y = a + b`` with broadcasting (residual connections). Shape: broadcast(a, b)."""
+class _Broadcasting(Op):
+    """Two operands under ONNX multidirectional broadcasting (opset 7 and later)."""
 
     arity = (2, 2)
     onnx_opsets = (7, 99)
 
     def infer_shapes(self, in_shapes):
         return [broadcast_shape(self, in_shapes[0], in_shapes[1])]
+
+
+@register
+class Add(_Broadcasting):
+    """``y = a + b`` with broadcasting (residual connections). Shape: broadcast(a, b)."""
 
     def forward(self, inputs, ctx):
         a, b = inputs
@@ -133,14 +137,8 @@ class Add(Op):
 
 
 @register
-class Mul(Op):
+class Mul(_Broadcasting):
     """``y = a * b`` with broadcasting. Shape: broadcast(a, b); gradients summed back per operand."""
-
-    arity = (2, 2)
-    onnx_opsets = (7, 99)
-
-    def infer_shapes(self, in_shapes):
-        return [broadcast_shape(self, in_shapes[0], in_shapes[1])]
 
     def forward(self, inputs, ctx):
         a, b = inputs
