@@ -131,7 +131,37 @@ def split_budget(trials: int, tasks: list[Task]) -> list[int]:
     return budget
 
 
-def _in_process_builder():
+class _StopRequest:
+    """Ctrl-C during tuning. MetaSchedule's C++ loop swallows a KeyboardInterrupt raised in its
+    Python callbacks and carries on, so SIGINT only sets this flag: the builder then fails the
+    remaining candidates at once, and the task loop stops after the current task."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:  # a second Ctrl-C: stop now, whatever MetaSchedule is doing
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        import signal
+
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+        return False
+
+
+def _in_process_builder(stop: _StopRequest):
     """A MetaSchedule builder that compiles candidates in this process.
 
     MetaSchedule's LocalBuilder starts a fresh worker pool for every batch of candidates, and
@@ -148,6 +178,9 @@ def _in_process_builder():
         def build(self, build_inputs):
             results = []
             for item in build_inputs:
+                if stop.requested:
+                    results.append(ms.builder.BuilderResult(None, "tuning interrupted (Ctrl-C)"))
+                    continue
                 try:
                     results.append(ms.builder.BuilderResult(default_export(default_build(item.mod, item.target, None)),
                                                             None))
@@ -207,20 +240,21 @@ def prepare(relax_mod, preset: Preset, *, trials: int, db_root=None, log=None):
         start = time.perf_counter()
         # One runner for all tasks: its worker processes import TVM once, which alone can exceed
         # MetaSchedule's default timeouts on a loaded 2-core machine.
-        builder = _in_process_builder()
         runner = ms.runner.LocalRunner(timeout_sec=RUN_TIMEOUT_S, evaluator_config=ms.runner.EvaluatorConfig(**EVALUATOR))
-        try:
-            # MetaSchedule prints progress tables; keep stdout for the command's own output.
-            with contextlib.redirect_stdout(sys.stderr):
-                for n, (task, count) in enumerate(zip(todo, budget), start=1):
-                    if count == 0:
-                        continue
-                    say(f"tuning task {n}/{len(todo)} {task.name} (weight {task.weight}, "
-                        f"{task.flops / 1e6:.1f} MFLOP, {count} trial(s); {time.perf_counter() - start:.0f} s so far)")
-                    _tune_one(task, count, target, database, directory / "logs", builder, runner)
-        except KeyboardInterrupt:
+        # MetaSchedule prints progress tables; keep stdout for the command's own output.
+        with _StopRequest() as stop, contextlib.redirect_stdout(sys.stderr):
+            builder = _in_process_builder(stop)
+            for n, (task, count) in enumerate(zip(todo, budget), start=1):
+                if stop.requested:
+                    break
+                if count == 0:
+                    continue
+                say(f"tuning task {n}/{len(todo)} {task.name} (weight {task.weight}, {task.flops:.3g} FLOP, "
+                    f"{count} trial(s); {time.perf_counter() - start:.0f} s so far)")
+                _tune_one(task, count, target, database, directory / "logs", builder, runner)
+        if stop.requested:
             say(f"tuning interrupted: the {len(database) - before} record(s) measured so far are kept in {directory}")
-            raise
+            raise KeyboardInterrupt
     with_records = sum(has_record(database, t, target) for t in tasks)
     info = {"applied": with_records > 0, "records": with_records, "trials": len(database) - before}
     return database, info
