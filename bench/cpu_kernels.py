@@ -270,13 +270,13 @@ def function_flops(func) -> int:
 
     sch = s_tir.Schedule(func)
     blocks = {str(sch.get(b).name_hint): b for b in _all_blocks(sch)}
-    if "winograd_output" in blocks and "winograd_input" in blocks:
-        out = 1
-        for iv in sch.get(blocks["winograd_output"]).iter_vars[:5]:
-            out *= int(iv.dom.extent)
-        in_iters = sch.get(blocks["winograd_input"]).iter_vars
-        in_channels = int(in_iters[2].dom.extent) * int(in_iters[4].dom.extent)
-        return 2 * out * in_channels * 9
+    if any(name.startswith("winograd_output") for name in blocks):
+        # data (N, IC/b, H, W, b) first, output (N, OC/b, OH, OW, b) last
+        data, out = func.params[0].shape, func.params[-1].shape
+        outputs = 1
+        for d in out:
+            outputs *= int(d)
+        return 2 * outputs * int(data[1]) * int(data[4]) * 9
     best = 0
     for block in blocks.values():
         iters = sch.get(block).iter_vars
@@ -373,11 +373,13 @@ def main(argv=None) -> int:
         from edgecnn.compiler.schedules import cpu
 
         cpu.use_winograd = lambda *shape: False
+    # the ceiling is the best SGEMM seen: measured before every model, as load comes and goes
     peak = peak_gflops(args.threads)
     print(f"measured fp32 peak (SGEMM 2048, {args.threads} threads): {peak:.0f} GFLOP/s; "
           f"load average {os.getloadavg()}", file=sys.stderr)
     results, rows = [], []
     for name in args.models:
+        peak = max(peak, peak_gflops(args.threads))
         model, graph = load_model(name)
         feeds = input_feeds(model)
         print(f"[{name}] building", file=sys.stderr)
@@ -457,6 +459,19 @@ def main(argv=None) -> int:
     print()
     print(f"batch 1, {args.threads} threads, target {args.target}; ratios are p50 over onnxruntime in the same run")
     print_table(rows, columns)
+    peak = max(peak, peak_gflops(args.threads))
+    for result in results:  # fractions against the best ceiling seen during the whole run
+        result["fraction_of_peak"] = {k: v / peak for k, v in result["gflops"].items()}
+        for layer in result.get("layers", []):
+            layer["fraction_of_peak"] = layer["gflops"] / peak
+        if "layers" in result:
+            result["slow_costly_layers"] = [l["function"] for l in result["layers"]
+                                            if l["share"] > 0.05 and l["fraction_of_peak"] < 0.5]
+    for row in rows:
+        match = next(r for r in results if r["model"] == row["model"])
+        row["edgecnn %peak"] = 100 * match["fraction_of_peak"]["edgecnn"]
+        row["ort %peak"] = 100 * match["fraction_of_peak"]["onnxruntime"]
+    print(f"fp32 peak used for the fractions: {peak:.0f} GFLOP/s (best SGEMM seen in the run)")
     edge_ratios = [r["ratio_to_onnxruntime"]["edgecnn"] for r in results]
     summary = {"median_ratio_edgecnn": statistics.median(edge_ratios), "max_ratio_edgecnn": max(edge_ratios)}
     print(f"edgecnn untuned: median ratio {summary['median_ratio_edgecnn']:.2f}, "

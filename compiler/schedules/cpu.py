@@ -1,32 +1,39 @@
 """Default CPU schedules: fast untuned code for every layer of a CNN, chosen from its shapes.
 
 TVM 0.27's zero pipeline legalizes and fuses but schedules nothing on CPU, so every layer
-runs as scalar, single-thread loops (50-70x slower than onnxruntime). This module rewrites
-the Relax module and schedules each fused PrimFunc with TVM's own primitives, no search:
+runs as scalar, single-thread loops (50-70x slower than onnxruntime). ``cpu_passes(target)``
+replaces it: Relax rewrites, then every fused PrimFunc scheduled with TVM's own primitives,
+no search.
 
-* Layout: ``ConvertLayout`` puts each convolution whose channel counts divide the vector
-  width into a blocked layout (NCHW{b}c activations, OIHW{b}i{b}o weights, ``b`` = the
-  target's fp32 lanes: 16 for AVX-512, 8 for AVX2, 4 for NEON/SSE). Elementwise ops,
-  pooling and reductions between two blocked convolutions follow the layout, so activations
-  are converted only where the graph leaves the blocked region. The weight repack is a
-  ``layout_transform`` of a constant, folded at compile time by ``FoldConstant``.
-* ``conv2d_nchwc`` (our legalization of a blocked conv): direct convolution, a register
-  tile of ``reg_w`` output columns x one vector of output channels, accumulators in a local
-  buffer, reduction loops over input-channel chunks, kernel rows/columns and the channels
-  of one block (one weight vector load, ``reg_w`` broadcasts, ``reg_w`` FMAs per step);
-  bias, activation and any elementwise epilogue inlined into the store; outer loops fused
-  and parallel.
-* Convolutions left in NCHW (3-channel first layers, channel counts that do not divide the
-  block, grouped and depthwise): the same register tiling over output channels x a vector
-  of output columns.
-* Everything else (pooling, global pooling, dense, layout transforms, elementwise, padding):
-  fused outer loops run in parallel, the innermost contiguous axis is vectorized; spatial
-  axes of a reduction are moved inside it so they vectorize.
+Relax level (``layout_passes``):
+* Zero ``Pad`` nodes (edgecnn's exporter writes "same" padding as one) fold into the conv's
+  own padding; ONNX ``Sum`` (stack + sum) becomes adds.
+* ``ConvertLayout`` puts convolutions into a blocked layout: NCHW{b}c activations,
+  OIHW{bi}i{bo}o weights, ``b`` = the target's fp32 lanes (16 AVX-512, 8 AVX2, 4 NEON/SSE).
+  Then ``_BlockRemaining`` blocks what it left, layer by layer, with blocks chosen from the
+  channel counts (3-channel inputs stay NCHW as a free reshape, 24 channels at 16 lanes use
+  blocks of 8, depthwise and grouped convs get their own), and moves the NCHW{b}c -> NCHW
+  transforms down through elementwise ops, pooling and concat until they meet their inverse
+  and cancel, so activations stay blocked between layers.
+* Our legalization of blocked convs: direct, depthwise, grouped, and Winograd F(4x4, 3x3)
+  for 3x3 stride-1 convs with >= 64 channels (``use_winograd``). Weight repacks and the
+  Winograd weight transform are computations on constants, folded at compile time.
+
+TIR level (``schedule_rules``), first match wins:
+* ``WinogradConv`` / ``BlockedConv``: a register tile of ``reg_w`` output columns x one vector
+  of output channels accumulated in a local buffer, reductions over input-channel chunks,
+  kernel taps and the channels of a block (one weight vector, ``reg_w`` broadcasts and FMAs
+  per step); bias, BatchNorm, activation and residual adds inlined into the store; outer
+  loops fused and parallel when the layer has enough work.
+* ``PlainConv``: a conv still in NCHW: output channels x a vector of output columns.
+* dlight's CPU ``GEMV``, then ``Generic``: pooling, dense, layout transforms, elementwise and
+  padding get fused parallel outer loops and a vectorized innermost axis; the spatial axes
+  of a reduction move inside it so they vectorize.
 
 A rule that does not recognise a function returns None and leaves it to the next one; a
 schedule primitive that refuses (TVM checks each one) makes the rule give up on that
-function rather than emit anything unchecked. The last rule always succeeds or leaves the
-function as the zero pipeline made it.
+function rather than emit anything unchecked. With a MetaSchedule database in scope, a
+record replaces a default schedule only where it measures faster here (``keep_faster``).
 """
 
 from __future__ import annotations
@@ -984,8 +991,10 @@ class _SafeRule(ScheduleRule):
             return None
         return sch if done else None
 
-    def schedule(self, sch, lanes) -> bool:  # pragma: no cover - abstract
-        raise NotImplementedError
+    def schedule(self, sch, lanes) -> bool:  # pylint: disable=unused-argument
+        """Schedule ``sch`` in place; False when the function is not this rule's kind.
+        Subclasses override it; the base rule claims nothing."""
+        return False
 
 
 def _schedule_tiled(sch, block, lanes, parallel: bool | None = None) -> bool:
