@@ -5,7 +5,9 @@ runs): onnxruntime with the same thread count, PyTorch CPU when installed (zoo a
 models through the test fixtures' graph mirror), TVM's untuned zero pipeline, edgecnn's default
 CPU schedules (untuned), and edgecnn tuned when ``--tune-trials`` gives a budget. Each round
 runs a block of calls per peer and drops the first call of the block, so a peer's thread pool
-still spinning from its previous block does not bill the next peer.
+still spinning from its previous block does not bill the next peer; PyTorch and the zero
+pipeline are timed in their own loops, each interleaved with onnxruntime, and every ratio uses
+the onnxruntime p50 of its own loop.
 
 Printed per model: p50 latency, ratio to onnxruntime, GFLOP/s and the fraction of the machine's
 measured fp32 peak (a 2048x2048 SGEMM through NumPy's BLAS with the same threads). With
@@ -414,15 +416,23 @@ def main(argv=None) -> int:
                 peers["tvm-zero"] = zero
             else:
                 zero_note = f"one call {one_call:.1f} s > --zero-max-s"
-        # the zero pipeline is 50-100x slower: give it one call per round, not a block
-        slow = {k: v for k, v in peers.items() if k == "tvm-zero"}
-        fast = {k: v for k, v in peers.items() if k != "tvm-zero"}
-        samples = interleaved(fast, args.rounds, args.per_round)
-        if slow:
-            samples.update(interleaved(slow, max(2, args.rounds // 4), 2))
+        # Peers are timed in groups, each interleaved with onnxruntime: PyTorch's OpenMP
+        # threads and TVM's pool both spin after a call and, on 2 cores, steal the next
+        # peer's cores, so putting them in one loop bills each for the other. The zero
+        # pipeline (50-100x slower) gets one call per round, not a block.
+        ort = peers["onnxruntime"]
+        main_group = {k: v for k, v in peers.items() if k in ("onnxruntime", "edgecnn", "edgecnn-tuned")}
+        samples = interleaved(main_group, args.rounds, args.per_round)
+        ort_by_peer = {k: samples["onnxruntime"] for k in main_group}
+        if "pytorch" in peers:
+            group = interleaved({"onnxruntime": ort, "pytorch": peers["pytorch"]}, args.rounds, args.per_round)
+            samples["pytorch"], ort_by_peer["pytorch"] = group["pytorch"], group["onnxruntime"]
+        if "tvm-zero" in peers:
+            group = interleaved({"onnxruntime": ort, "tvm-zero": peers["tvm-zero"]}, max(2, args.rounds // 4), 2)
+            samples["tvm-zero"], ort_by_peer["tvm-zero"] = group["tvm-zero"], group["onnxruntime"]
         flops = model_flops(lowered)
         p50 = {k: statistics.median(v) for k, v in samples.items()}
-        ratio = {k: v / p50["onnxruntime"] for k, v in p50.items() if k != "onnxruntime"}
+        ratio = {k: v / statistics.median(ort_by_peer[k]) for k, v in p50.items() if k != "onnxruntime"}
         gflops = {k: flops / v / 1e9 for k, v in p50.items()}
         result = {"model": name, "gflop": flops / 1e9, "p50_ms": {k: v * 1e3 for k, v in p50.items()},
                   "ratio_to_onnxruntime": ratio, "gflops": gflops,
