@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgecnn.runtime.bundle import sha256_file
 from edgecnn.runtime.errors import EdgeCNNError, InputError, received
 from edgecnn.targets import Preset, get_preset
 
@@ -357,14 +358,6 @@ class CompileResult:
     relax_module: object  # the IRModule after the preset's pipeline
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _versions(opset: int) -> dict:
     import onnx
     import tvm
@@ -449,7 +442,7 @@ def compile_bundle(model, target: str, out_dir, *, batch: int = 1, tune: int = 0
             "target": {"preset": preset.name, "tvm_target": preset.target_json(), "device": preset.device,
                        "arch": preset.arch},
             "versions": _versions(_opset_of(source.onnx_model)),
-            "files": {name: {"sha256": _sha256(tmp / name)} for name in ("model.so", "model.onnx", "golden.npz")},
+            "files": {name: {"sha256": sha256_file(tmp / name)} for name in ("model.so", "model.onnx", "golden.npz")},
             "labels": source.metadata.get("labels"),
             "preprocessing": source.metadata.get("preprocessing"),
             "tuning": tuning_info,
