@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgecnn.runtime.bundle import sha256_file
+from edgecnn.runtime.bundle import seal_manifest, sha256_file
 from edgecnn.runtime.errors import EdgeCNNError, InputError, received
 from edgecnn.targets import Preset, get_preset
 
@@ -451,6 +451,7 @@ def compile_bundle(model, target: str, out_dir, *, batch: int = 1, tune: int = 0
         }
         if source.graph is None:
             manifest["golden"]["why"] = source.graph_note
+        manifest = seal_manifest(manifest)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return CompileResult(out_dir, manifest, executable.mod, lowered)
 

@@ -83,6 +83,18 @@ def _tensor_infos(manifest: dict, key: str, batch: int) -> list[TensorInfo]:
     return infos
 
 
+def manifest_digest(manifest: dict) -> str:
+    """SHA-256 of the manifest's canonical JSON, its own ``manifest_sha256`` entry left out."""
+    body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def seal_manifest(manifest: dict) -> dict:
+    """Record the manifest's own digest in it, so an edit to any field (labels, preprocessing,
+    target) is refused like a modified file. A checksum against mistakes, not a signature."""
+    return {**manifest, "manifest_sha256": manifest_digest(manifest)}
+
+
 def read_manifest(bundle_dir: Path) -> dict:
     """Parse and check ``manifest.json``: format version, tensors, batch, target, file hashes."""
     path = bundle_dir / "manifest.json"
@@ -98,6 +110,10 @@ def read_manifest(bundle_dir: Path) -> dict:
     if version != FORMAT_VERSION:
         raise BundleError(f"{path}: unsupported bundle format version (this runtime reads version "
                           f"{FORMAT_VERSION}). {received(format_version=version)}")
+    recorded, actual = manifest.get("manifest_sha256"), manifest_digest(manifest)
+    if recorded != actual:
+        raise BundleError(f"{path} was modified after compilation (its content does not match its own "
+                          f"manifest_sha256; refusing to load the bundle). {received(sha256=actual, expected=recorded)}")
     batch = manifest.get("batch")
     if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
         raise BundleError(f"{path}: 'batch' must be a positive integer. {received(batch=batch)}")

@@ -8,6 +8,7 @@ import onnxruntime as ort
 import pytest
 
 from edgecnn.compiler.cli import main
+from edgecnn.runtime.bundle import seal_manifest
 
 RTOL = ATOL = 1e-4
 
@@ -157,7 +158,7 @@ def test_verify_mismatch_exits_1(copy, capsys):
     np.savez(copy / "golden.npz", **arrays)
     manifest = json.loads((copy / "manifest.json").read_text())
     manifest["files"]["golden.npz"]["sha256"] = hashlib.sha256((copy / "golden.npz").read_bytes()).hexdigest()
-    (copy / "manifest.json").write_text(json.dumps(manifest))
+    (copy / "manifest.json").write_text(json.dumps(seal_manifest(manifest)))
     code, out, err = _cli(capsys, "verify", copy, "--json")
     assert code == 1
     doc = json.loads(out)

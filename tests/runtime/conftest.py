@@ -99,7 +99,10 @@ def build_bundle(model, out_dir: Path, *, arch: str = "x86_64", labels=None, pre
         "golden": {"reference": "onnxruntime", "rtol": 1e-4, "atol": 1e-4},
         "compile_seconds": 0.0,
     }
-    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
+    from edgecnn.runtime.bundle import seal_manifest
+
+    manifest = seal_manifest(json.loads(json.dumps(manifest, default=str)))
+    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return out_dir
 
 

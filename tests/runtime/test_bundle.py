@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from edgecnn.runtime.bundle import Bundle
+from edgecnn.runtime.bundle import Bundle, seal_manifest
 from edgecnn.runtime.errors import BundleError, InputError
 
 RTOL = ATOL = 1e-4
@@ -57,10 +57,22 @@ def test_bad_inputs_name_the_problem(bundle, feeds, message):
     assert info.value.exit_code == 2
 
 
-def _rewrite_manifest(path, change):
+def _rewrite_manifest(path, change, seal=True):
+    """Change the manifest; ``seal`` re-records its digest, as someone hiding the edit would."""
     manifest = json.loads((path / "manifest.json").read_text())
     change(manifest)
-    (path / "manifest.json").write_text(json.dumps(manifest))
+    (path / "manifest.json").write_text(json.dumps(seal_manifest(manifest) if seal else manifest))
+
+
+@pytest.mark.parametrize("change", [
+    lambda m: m.update(labels=["cat"] * 10),
+    lambda m: m.update(preprocessing={"mean": [0.5], "std": [0.1]}),
+    lambda m: m["target"].update(preset="rpi5"),
+])
+def test_edited_manifest_is_refused(bundle_copy, change):
+    _rewrite_manifest(bundle_copy, change, seal=False)
+    with pytest.raises(BundleError, match="manifest.json was modified after compilation"):
+        Bundle.open(bundle_copy)
 
 
 def test_tampered_library_is_refused_before_loading(bundle_copy):
