@@ -51,6 +51,7 @@ def parse_args(argv=None):
     p.add_argument("--layers", action="store_true", help="time every compiled function alone")
     p.add_argument("--name", default="cpu_kernels", help="result file stem under bench/results/")
     p.add_argument("--no-winograd", action="store_true", help="direct convolutions only")
+    p.add_argument("--no-torch", action="store_true", help="leave PyTorch out")
     return p.parse_args(argv)
 
 
@@ -233,13 +234,16 @@ def tuned_database(model, target, trials, work_dir):
 
 def interleaved(peers: dict, rounds: int, per_round: int) -> dict:
     """Per-call seconds of each peer: rounds alternate between peers; in each round a peer makes
-    ``per_round`` calls and the first is dropped (another peer's spinning pool may still hold
-    the cores then)."""
+    ``per_round`` calls after a 50 ms pause, and the first call is dropped (another peer's
+    spinning pool may still hold the cores then)."""
     samples = {name: [] for name in peers}
     for fn in peers.values():
         fn()
     for _ in range(rounds):
         for name, fn in peers.items():
+            # let the previous peer's spinning workers (onnxruntime, OpenMP, TVM's pool)
+            # go to sleep before this peer's block starts
+            time.sleep(0.05)
             for i in range(per_round):
                 start = time.perf_counter()
                 fn()
@@ -390,7 +394,7 @@ def main(argv=None) -> int:
         compile_s = time.perf_counter() - start
         peers = {"onnxruntime": ort_peer(model, feeds, args.threads),
                  "edgecnn": _vm_peer(executable, feeds)}
-        torch_run = torch_peer(graph, feeds, args.threads)
+        torch_run = None if args.no_torch else torch_peer(graph, feeds, args.threads)
         if torch_run is not None:
             peers["pytorch"] = torch_run
         if args.tune_trials > 0:
