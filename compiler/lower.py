@@ -83,11 +83,28 @@ def gpu_pipeline(target):
 PIPELINES = {"cpu": cpu_pipeline, "cuda": gpu_pipeline}
 
 
-def graph_stage(target):
-    """Legalized and fused, before any schedule: where tuning tasks are extracted from."""
+def _cpu_graph_passes(target):
+    from .schedules.cpu import cpu_graph_stage
+
+    return cpu_graph_stage(target)
+
+
+def _gpu_graph_passes(target):
+    return _graph_passes()
+
+
+GRAPH_STAGES = {"cpu": _cpu_graph_passes, "cuda": _gpu_graph_passes}
+
+
+def graph_stage(preset: Preset, target):
+    """Legalized and fused, before any schedule: where tuning tasks are extracted from.
+
+    For CPU presets that is the blocked-layout module the default rules schedule, so tuning
+    records are keyed by the very functions they are applied to.
+    """
     import tvm
 
-    return tvm.transform.Sequential(_graph_passes(), name="edgecnn_graph_stage")
+    return tvm.transform.Sequential(GRAPH_STAGES[preset.device](target), name="edgecnn_graph_stage")
 
 
 def prim_funcs(mod) -> dict:

@@ -78,7 +78,7 @@ def extract_tasks(relax_mod, preset: Preset, target) -> list[Task]:
     from .lower import graph_stage
 
     with target:
-        fused = graph_stage(target)(relax_mod)
+        fused = graph_stage(preset, target)(relax_mod)
     tasks = []
     for t in ms.relax_integration.extract_tasks(fused, target):
         if t.mod.attrs is not None and t.mod.attrs.get("tirx.is_scheduled", False):
