@@ -370,6 +370,10 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     set_threads(args.threads)
     os.environ["TVM_NUM_THREADS"] = str(args.threads)
+    # TVM's idle workers would otherwise busy-wait into onnxruntime's turn (see the function).
+    from edgecnn.runtime.bundle import stop_pool_spinning
+
+    stop_pool_spinning()
     import numpy as np
 
     from edgecnn.targets.presets import get_preset

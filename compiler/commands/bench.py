@@ -11,6 +11,7 @@ import json
 import sys
 
 from edgecnn.runtime.bench import HEADER, bench_bundle, check_counts, summarize
+from edgecnn.runtime.bundle import stop_pool_spinning
 from edgecnn.runtime.errors import InputError
 
 from ._bundle_cli import add_device_arguments, default_threads, open_bundle, where
@@ -91,6 +92,8 @@ def run(args) -> int:
     if args.compare and (args.rpc or args.emulate):
         raise InputError("--compare onnxruntime runs onnxruntime in this process, so it compares only with a "
                          "local run; drop --rpc/--emulate")
+    if args.compare:
+        stop_pool_spinning()
     bundle = open_bundle(args.bundle, args)
     threads = args.threads if args.threads is not None else (None if (args.rpc or args.emulate)
                                                             else default_threads())
