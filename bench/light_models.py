@@ -14,6 +14,7 @@ Prints a table and writes bench/results/light_models.json.
 from __future__ import annotations
 
 import argparse
+import os
 import json
 import platform
 import statistics
@@ -27,15 +28,19 @@ import onnx
 import onnxruntime as ort
 
 from edgecnn.compiler.lower import compile_bundle
-from edgecnn.runtime.bundle import Bundle
+from edgecnn.runtime.bundle import Bundle, set_threads, stop_pool_spinning
 
 LIGHT_DIR = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
 RESULTS = Path(__file__).parent / "results" / "light_models.json"
 RTOL = ATOL = 1e-4
 
 
+THREADS = len(os.sched_getaffinity(0))
+
+
 def _ort_session(path: Path):
     options = ort.SessionOptions()
+    options.intra_op_num_threads = THREADS  # the same thread count as TVM's pool (set in main)
     options.log_severity_level = 3  # old exporters leave unused initializers; the warnings drown the table
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
@@ -133,6 +138,10 @@ def main(argv=None) -> int:
     parser.add_argument("--only", default="", help="comma-separated model names (without light_)")
     parser.add_argument("--json-out", default=str(RESULTS))
     args = parser.parse_args(argv)
+    # Both runtimes get every core this process may use, and TVM's idle workers do not
+    # busy-wait into onnxruntime's turn (the two alternate call by call).
+    set_threads(THREADS)
+    stop_pool_spinning()
 
     models = sorted(LIGHT_DIR.glob("light_*.onnx"))
     if args.only:
