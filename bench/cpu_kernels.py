@@ -28,6 +28,8 @@ from pathlib import Path
 
 from _common import machine, print_table, set_threads, write_result
 
+from edgecnn.runtime.bench import settle
+
 LIGHT_DIR = "backend/test/data/light"
 LIGHT_MODELS = {"resnet50": "light_resnet50.onnx", "squeezenet": "light_squeezenet.onnx"}
 PLAIN_NET = "3conv-224"
@@ -234,7 +236,7 @@ def tuned_database(model, target, trials, work_dir):
 
 def interleaved(peers: dict, rounds: int, per_round: int) -> dict:
     """Per-call seconds of each peer: rounds alternate between peers; in each round a peer makes
-    ``per_round`` calls after a 50 ms pause, and the first call is dropped (another peer's
+    ``per_round`` calls after a pause (``edgecnn.runtime.bench.settle``), and the first call is dropped (another peer's
     spinning pool may still hold the cores then)."""
     samples = {name: [] for name in peers}
     for fn in peers.values():
@@ -243,7 +245,7 @@ def interleaved(peers: dict, rounds: int, per_round: int) -> dict:
         for name, fn in peers.items():
             # let the previous peer's spinning workers (onnxruntime, OpenMP, TVM's pool)
             # go to sleep before this peer's block starts
-            time.sleep(0.05)
+            settle()
             for i in range(per_round):
                 start = time.perf_counter()
                 fn()
@@ -370,10 +372,6 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     set_threads(args.threads)
     os.environ["TVM_NUM_THREADS"] = str(args.threads)
-    # TVM's idle workers would otherwise busy-wait into onnxruntime's turn (see the function).
-    from edgecnn.runtime.bundle import stop_pool_spinning
-
-    stop_pool_spinning()
     import numpy as np
 
     from edgecnn.targets.presets import get_preset

@@ -28,7 +28,8 @@ import onnx
 import onnxruntime as ort
 
 from edgecnn.compiler.lower import compile_bundle
-from edgecnn.runtime.bundle import Bundle, set_threads, stop_pool_spinning
+from edgecnn.runtime.bench import settle
+from edgecnn.runtime.bundle import Bundle, set_threads
 
 LIGHT_DIR = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
 RESULTS = Path(__file__).parent / "results" / "light_models.json"
@@ -118,13 +119,13 @@ def bench_one(path: Path, target: str, repeat: int, workdir: Path) -> dict:
         row.update(max_abs_err=abs_err, max_abs_ref=scale, ref_spread=spread,
                    passed=all(np.allclose(ours[n], theirs[n], rtol=RTOL, atol=ATOL) for n in names))
         tvm_ms, ort_ms = [], []
-        for _ in range(repeat):  # interleaved: machine load drifts between rounds
-            t = time.perf_counter()
-            bundle.run(feeds)
-            tvm_ms.append((time.perf_counter() - t) * 1e3)
-            t = time.perf_counter()
-            session.run(names, feeds)
-            ort_ms.append((time.perf_counter() - t) * 1e3)
+        for _ in range(repeat):  # interleaved blocks: machine load drifts between rounds
+            for run, samples in ((lambda: bundle.run(feeds), tvm_ms), (lambda: session.run(names, feeds), ort_ms)):
+                settle()  # the other runtime's pool stops spinning first
+                run()
+                t = time.perf_counter()
+                run()
+                samples.append((time.perf_counter() - t) * 1e3)
     row.update(tvm_ms=round(statistics.median(tvm_ms), 2), onnxruntime_ms=round(statistics.median(ort_ms), 2))
     row["ratio_tvm_over_ort"] = round(row["tvm_ms"] / row["onnxruntime_ms"], 2)
     row.update(check_random_weights(path, target, workdir))
@@ -138,10 +139,8 @@ def main(argv=None) -> int:
     parser.add_argument("--only", default="", help="comma-separated model names (without light_)")
     parser.add_argument("--json-out", default=str(RESULTS))
     args = parser.parse_args(argv)
-    # Both runtimes get every core this process may use, and TVM's idle workers do not
-    # busy-wait into onnxruntime's turn (the two alternate call by call).
+    # Both runtimes get every core this process may use.
     set_threads(THREADS)
-    stop_pool_spinning()
 
     models = sorted(LIGHT_DIR.glob("light_*.onnx"))
     if args.only:

@@ -5,11 +5,23 @@ time evaluator on a remote device); this module only turns per-call seconds into
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
 
 from .errors import InputError, received
+
+# TVM's idle pool workers busy-wait for about 150 ms after a run (measured here), and so do
+# other runtimes' pools for shorter. A peer timed in the same process right after would share
+# its cores with them (measured: squeezenet in onnxruntime 3.6 ms alone, 11-15 ms 50 ms after a
+# TVM run), so each timed block starts this long after the previous one.
+SETTLE_SECONDS = 0.25
+
+
+def settle() -> None:
+    """Wait until the previous timed block's spinning threads have gone to sleep."""
+    time.sleep(SETTLE_SECONDS)
 
 
 @dataclass

@@ -244,19 +244,6 @@ def _as_arrays(result) -> list[np.ndarray]:
 
 
 THREADS_ENV = "TVM_NUM_THREADS"
-SPIN_ENV = "TVM_THREAD_POOL_SPIN_COUNT"
-
-
-def stop_pool_spinning() -> None:
-    """Make TVM's pool workers sleep as soon as a run ends, for timing a peer in this process.
-
-    By default they busy-wait after each run (about 150 ms of CPU here), so a peer timed right
-    after in the same process (onnxruntime in ``edgecnn bench --compare``) shares its cores with
-    them: measured, squeezenet in onnxruntime took 3.6 ms alone and 11-15 ms after TVM runs.
-    Without the spinning TVM's own latency changed by under 3%. Like ``TVM_NUM_THREADS``, it
-    takes effect when the pool starts.
-    """
-    os.environ[SPIN_ENV] = "0"
 
 
 def set_threads(count: int | None) -> None:

@@ -10,8 +10,7 @@ from __future__ import annotations
 import json
 import sys
 
-from edgecnn.runtime.bench import HEADER, bench_bundle, check_counts, summarize
-from edgecnn.runtime.bundle import stop_pool_spinning
+from edgecnn.runtime.bench import HEADER, bench_bundle, check_counts, settle, summarize
 from edgecnn.runtime.errors import InputError
 
 from ._bundle_cli import add_device_arguments, default_threads, open_bundle, where
@@ -77,7 +76,9 @@ def measure(bundle, *, repeat: int, warmup: int, threads: int | None, compare: b
     bundle.time(repeat=1, warmup=warmup)
     _time_onnxruntime(session, feeds, 1, warmup)
     for count in _split(repeat, ROUNDS):
+        settle()
         edge_times += bundle.time(repeat=count, warmup=1)
+        settle()
         ort_times += _time_onnxruntime(session, feeds, count, 1)
     stats = summarize(edge_times, batch=bundle.batch, threads=threads)
     peer = summarize(ort_times, batch=bundle.batch, threads=threads)
@@ -92,8 +93,6 @@ def run(args) -> int:
     if args.compare and (args.rpc or args.emulate):
         raise InputError("--compare onnxruntime runs onnxruntime in this process, so it compares only with a "
                          "local run; drop --rpc/--emulate")
-    if args.compare:
-        stop_pool_spinning()
     bundle = open_bundle(args.bundle, args)
     threads = args.threads if args.threads is not None else (None if (args.rpc or args.emulate)
                                                             else default_threads())

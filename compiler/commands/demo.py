@@ -306,10 +306,6 @@ def write_report(state: DemoState, summary_table: str, table: str, seconds: floa
 
 
 def run(args) -> int:
-    from edgecnn.runtime.bundle import stop_pool_spinning
-
-    # The host bundle is timed against onnxruntime in this process (see stop_pool_spinning).
-    stop_pool_spinning()
     start = time.perf_counter()
     state = DemoState(out=Path(args.output))
     state.out.mkdir(parents=True, exist_ok=True)
