@@ -20,6 +20,8 @@ def set_threads(threads: int):
     """Pin BLAS/OpenMP thread pools; call before NumPy (or anything loading BLAS) is imported."""
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(threads)
+    # TVM peers run as a bundle does: pool workers unpinned (edgecnn.runtime.bundle.unpin_thread_pool)
+    os.environ.setdefault("TVM_BIND_THREADS", "0")
 
 
 def machine() -> dict:

@@ -216,20 +216,16 @@ def edgecnn_build(model, target, database=None):
     return tvm.compile(lowered, target=target), lowered
 
 
-def tuned_database(model, target, trials, work_dir):
-    """MetaSchedule records for the blocked-layout functions (the ones the default rules
-    schedule), so records replace default schedules function by function."""
-    import tvm
-    from tvm.s_tir import meta_schedule as ms
+def tuned_database(model, preset_name, trials, work_dir):
+    """MetaSchedule records through edgecnn's own tuning path (the one `edgecnn compile --tune`
+    takes: blocked-layout tasks, budget split by weight, in-process builder) in a fresh database."""
+    from edgecnn.compiler import tuning
+    from edgecnn.targets.presets import get_preset
 
-    from edgecnn.compiler.schedules import cpu
-
-    mod = relax_module(model)
-    with target:
-        staged = tvm.transform.Sequential(cpu.cpu_graph_stage(target))(mod)
-    return ms.relax_integration.tune_relax(
-        mod=staged, params={}, target=target, work_dir=str(work_dir), max_trials_global=trials,
-        num_trials_per_iter=min(16, trials))
+    database, info = tuning.prepare(relax_module(model), get_preset(preset_name), trials=trials,
+                                    db_root=work_dir, log=lambda m: print(m, file=sys.stderr))
+    print(f"tuning: {info}", file=sys.stderr)
+    return database
 
 
 # -- measurement -------------------------------------------------------------------------------
@@ -403,7 +399,7 @@ def main(argv=None) -> int:
             import tempfile
 
             with tempfile.TemporaryDirectory() as work:
-                database = tuned_database(model, target, args.tune_trials, Path(work))
+                database = tuned_database(model, args.target, args.tune_trials, Path(work))
                 tuned_exec, _ = edgecnn_build(model, target, database)
             peers["edgecnn-tuned"] = _vm_peer(tuned_exec, feeds)
         reference = peers["onnxruntime"]()

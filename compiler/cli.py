@@ -12,6 +12,7 @@ import importlib
 import pkgutil
 import sys
 
+from edgecnn.runtime.bundle import unpin_thread_pool
 from edgecnn.runtime.errors import EdgeCNNError
 
 from . import commands
@@ -47,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # before any command starts TVM's thread pool (compiling can run kernels, e.g. constant folding)
+    unpin_thread_pool()
     try:
         return int(args._run(args) or 0)
     except EdgeCNNError as exc:

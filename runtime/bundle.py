@@ -244,6 +244,20 @@ def _as_arrays(result) -> list[np.ndarray]:
 
 
 THREADS_ENV = "TVM_NUM_THREADS"
+BIND_THREADS_ENV = "TVM_BIND_THREADS"
+
+
+def unpin_thread_pool() -> None:
+    """Leave TVM's workers unpinned unless the user asked otherwise (``TVM_BIND_THREADS=1``).
+
+    TVM pins each pool worker to a core but leaves the calling thread free, so the kernel can put
+    the caller on the same core as a worker: both then share it and a 2-thread model runs at
+    one-thread speed until the scheduler moves the caller (tens of ms on these VMs). Measured here
+    with vgg-small on 2 threads, alternating with onnxruntime in one process: pinned 0.35 or 0.65 ms
+    depending on where the caller last ran, unpinned 0.35 ms throughout. Must run before the pool
+    starts (the first parallel kernel of the process).
+    """
+    os.environ.setdefault(BIND_THREADS_ENV, "0")
 
 
 def set_threads(count: int | None) -> None:
@@ -268,6 +282,7 @@ class LocalExecutor(Executor):
         import tvm
         from tvm.runtime.vm import VirtualMachine
 
+        unpin_thread_pool()
         self._tvm = tvm
         self.device = tvm.cuda(0) if device_kind == "cuda" else tvm.cpu(0)
         if device_kind == "cuda" and not self.device.exist:

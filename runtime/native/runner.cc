@@ -10,7 +10,8 @@
 //   WORK_DIR/output_K.bin written raw float32, one per output
 //   WORK_DIR/outputs.txt  one line per output: output_K.bin NDIM D0 D1 ...
 //   WORK_DIR/times.txt    seconds per timed call, one per line (REPEAT lines; 0 when REPEAT is 0)
-// TVM_NUM_THREADS in the environment sizes TVM's thread pool. Exit status 0 on success;
+// TVM_NUM_THREADS in the environment sizes TVM's thread pool; its workers are left unpinned
+// (TVM_BIND_THREADS=0) unless the environment says otherwise, as in edgecnn.runtime.bundle. Exit status 0 on success;
 // errors go to stderr.
 #include <tvm/ffi/any.h>
 #include <tvm/ffi/container/array.h>
@@ -146,6 +147,8 @@ int Run(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // a pinned worker can share a core with the unpinned calling thread: see unpin_thread_pool()
+  setenv("TVM_BIND_THREADS", "0", /*overwrite=*/0);
   try {
     return Run(argc, argv);
   } catch (const std::exception& e) {

@@ -1,5 +1,6 @@
 """Bundle: open with checks, input validation, run and batch against onnxruntime."""
 import json
+import os
 
 import numpy as np
 import pytest
@@ -123,3 +124,16 @@ def test_aarch64_bundle_is_not_loaded_on_x86(tiny_bundle_aarch64):
         pytest.skip("this host is aarch64: the bundle is native here")
     with pytest.raises(BundleError, match="built for aarch64.*--emulate"):
         Bundle.open(tiny_bundle_aarch64)
+
+
+@pytest.mark.parametrize("preset, expected", [(None, "0"), ("1", "1")])
+def test_loading_a_bundle_unpins_tvm_workers_unless_the_user_pinned_them(tiny_bundle, monkeypatch,
+                                                                        preset, expected):
+    # TVM reads TVM_BIND_THREADS when its pool starts; the runtime must have set it by then
+    if preset is None:
+        monkeypatch.delenv("TVM_BIND_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("TVM_BIND_THREADS", preset)
+    with Bundle.open(tiny_bundle) as fresh:
+        fresh.run({"input": fresh.golden_inputs["input"]})
+    assert os.environ["TVM_BIND_THREADS"] == expected
