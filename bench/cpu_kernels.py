@@ -28,7 +28,7 @@ from pathlib import Path
 
 from _common import machine, print_table, set_threads, write_result
 
-from edgecnn.runtime.bench import settle
+from edgecnn.runtime.bench import settle, warmup_calls
 
 LIGHT_DIR = "backend/test/data/light"
 LIGHT_MODELS = {"resnet50": "light_resnet50.onnx", "squeezenet": "light_squeezenet.onnx"}
@@ -43,7 +43,7 @@ def parse_args(argv=None):
     p.add_argument("--models", nargs="+", default=names, choices=names)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=8, help="interleaved rounds per model")
-    p.add_argument("--per-round", type=int, default=6, help="calls per peer per round (first dropped)")
+    p.add_argument("--per-round", type=int, default=6, help="timed calls per peer per round (after a ~20 ms warm-up)")
     p.add_argument("--target", default="host", help="edgecnn CPU preset (must run on this machine)")
     p.add_argument("--zero-max-s", type=float, default=60.0,
                    help="skip TVM's zero pipeline for a model when one call takes longer")
@@ -232,21 +232,25 @@ def tuned_database(model, preset_name, trials, work_dir):
 
 def interleaved(peers: dict, rounds: int, per_round: int) -> dict:
     """Per-call seconds of each peer: rounds alternate between peers; in each round a peer makes
-    ``per_round`` calls after a pause (``edgecnn.runtime.bench.settle``), and the first call is dropped (another peer's
-    spinning pool may still hold the cores then)."""
+    ``per_round`` timed calls after a pause (``edgecnn.runtime.bench.settle``: the previous peer's
+    spinning threads go to sleep) and a warm-up of about 20 ms (``warmup_calls``: cores and its
+    own pool wake up), so every peer is timed hot and alone."""
     samples = {name: [] for name in peers}
-    for fn in peers.values():
+    warm = {}
+    for name, fn in peers.items():
         fn()
+        start = time.perf_counter()
+        fn()
+        warm[name] = warmup_calls(time.perf_counter() - start)
     for _ in range(rounds):
         for name, fn in peers.items():
-            # let the previous peer's spinning workers (onnxruntime, OpenMP, TVM's pool)
-            # go to sleep before this peer's block starts
             settle()
-            for i in range(per_round):
+            for _ in range(warm[name]):
+                fn()
+            for _ in range(per_round):
                 start = time.perf_counter()
                 fn()
-                if i:
-                    samples[name].append(time.perf_counter() - start)
+                samples[name].append(time.perf_counter() - start)
     return samples
 
 

@@ -28,7 +28,7 @@ import onnx
 import onnxruntime as ort
 
 from edgecnn.compiler.lower import compile_bundle
-from edgecnn.runtime.bench import settle
+from edgecnn.runtime.bench import settle, warmup_calls
 from edgecnn.runtime.bundle import Bundle, set_threads
 
 LIGHT_DIR = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
@@ -122,7 +122,8 @@ def bench_one(path: Path, target: str, repeat: int, workdir: Path) -> dict:
         for _ in range(repeat):  # interleaved blocks: machine load drifts between rounds
             for run, samples in ((lambda: bundle.run(feeds), tvm_ms), (lambda: session.run(names, feeds), ort_ms)):
                 settle()  # the other runtime's pool stops spinning first
-                run()
+                for _ in range(warmup_calls(samples[-1] / 1e3 if samples else 0.0)):
+                    run()
                 t = time.perf_counter()
                 run()
                 samples.append((time.perf_counter() - t) * 1e3)

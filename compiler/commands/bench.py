@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sys
 
-from edgecnn.runtime.bench import HEADER, bench_bundle, check_counts, settle, summarize
+from edgecnn.runtime.bench import HEADER, bench_bundle, check_counts, settle, summarize, warmup_calls
 from edgecnn.runtime.errors import InputError
 
 from ._bundle_cli import add_device_arguments, default_threads, open_bundle, where
@@ -73,13 +73,13 @@ def measure(bundle, *, repeat: int, warmup: int, threads: int | None, compare: b
     feeds = {name: bundle.golden_inputs[name] for name in bundle.input_names}
     edge_times: list[float] = []
     ort_times: list[float] = []
-    bundle.time(repeat=1, warmup=warmup)
-    _time_onnxruntime(session, feeds, 1, warmup)
+    edge_warm = warmup_calls(min(bundle.time(repeat=3, warmup=warmup)))
+    ort_warm = warmup_calls(min(_time_onnxruntime(session, feeds, 3, warmup)))
     for count in _split(repeat, ROUNDS):
         settle()
-        edge_times += bundle.time(repeat=count, warmup=1)
+        edge_times += bundle.time(repeat=count, warmup=edge_warm)
         settle()
-        ort_times += _time_onnxruntime(session, feeds, count, 1)
+        ort_times += _time_onnxruntime(session, feeds, count, ort_warm)
     stats = summarize(edge_times, batch=bundle.batch, threads=threads)
     peer = summarize(ort_times, batch=bundle.batch, threads=threads)
     result = stats.to_dict()
