@@ -54,6 +54,13 @@ def _require_x86(lanes: int):
         pytest.skip(f"this CPU lacks {needed}, needed to run {lanes}-lane code")
 
 
+def _widest_x86_lanes() -> int:
+    """The widest vector this x86 host runs (skips elsewhere), so a test runs on any x86 CPU."""
+    _require_x86(4)
+    flags = _host_flags()
+    return 16 if "avx512f" in flags else 8 if "avx2" in flags else 4
+
+
 # -- ONNX graphs built here, independently of the code under test -------------------------------
 
 class _Net:
@@ -225,6 +232,11 @@ def conv_table():
     return model, feeds, _numpy_reference(model, feeds)
 
 
+# Channels per block for each vector width: one vector, except AVX2 (8 lanes), whose tile is
+# two vectors of output channels (16 registers, no broadcast operand for FMA).
+CHANNEL_BLOCK = {16: 16, 8: 16, 4: 4}
+
+
 @pytest.fixture(scope="module")
 def lowered_by_lanes(conv_table):
     model = conv_table[0]
@@ -248,7 +260,7 @@ def test_conv_table_matches_numpy(conv_table, lowered_by_lanes, lanes):
     _assert_close(got, reference, [c[0] for c in CONV_CASES])
 
 
-@pytest.mark.parametrize("lanes", [16, 4])
+@pytest.mark.parametrize("lanes", [16, 8, 4])
 def test_winograd_matches_numpy(conv_table, monkeypatch, lanes):
     """Every 3x3 stride-1 dense conv of the table forced through Winograd F(4x4, 3x3):
     odd sizes, padding, partial tiles, channel counts that do not divide the block."""
@@ -260,7 +272,8 @@ def test_winograd_matches_numpy(conv_table, monkeypatch, lanes):
     eligible = [c for c in CONV_CASES if c[3] == 3 and c[4] == 1 and c[6] == 1 and c[7] == 1]
     assert len(rules) == len(eligible) and set(rules.values()) == {"WinogradConv"}, rules
     shapes = [tuple(int(d) for d in _prim_funcs(lowered)[n].params[-1].shape) for n in rules]
-    assert (1, 64 // lanes, 8, 8, lanes) in shapes, shapes
+    block = CHANNEL_BLOCK[lanes]
+    assert (1, 64 // block, 8, 8, block) in shapes, shapes
     _assert_close(_run(lowered, X86_TARGETS[lanes], feeds), reference, [c[0] for c in CONV_CASES])
 
 
@@ -273,7 +286,7 @@ def test_winograd_is_chosen_for_wide_layers_only():
     assert not cpu.use_winograd(256, 256, 2, 2)
 
 
-@pytest.mark.parametrize("lanes", [16, 4])
+@pytest.mark.parametrize("lanes", [16, 8, 4])
 def test_chain_matches_numpy(lanes):
     _require_x86(lanes)
     model = chain_model()
@@ -288,13 +301,13 @@ def test_zoo_model_matches_numpy_through_compile_pipeline():
     """The rules as lower.cpu_pipeline applies them, on a zoo model with BatchNorm and ReLU6."""
     from edgecnn.compiler import zoo
 
-    _require_x86(16)
+    lanes = _widest_x86_lanes()
     graph = zoo.build("mobilenet-tiny", seed=0)
     model = onnx_io.export_model(graph, static_batch=1)
     x = np.random.default_rng(4).standard_normal((1, 3, 96, 96)).astype(np.float32)
     want = numpy_backend.run(graph, {"input": x})
-    lowered = _lower(model, X86_TARGETS[16])
-    got = _run(lowered, X86_TARGETS[16], {"input": x})
+    lowered = _lower(model, X86_TARGETS[lanes])
+    got = _run(lowered, X86_TARGETS[lanes], {"input": x})
     _assert_close(got, [want[o.name] for o in model.graph.output], ["logits"])
 
 
@@ -305,17 +318,17 @@ def test_plain_rule_without_blocking_matches_numpy(conv_table):
     from tvm.relax.frontend.onnx import from_onnx
     from tvm.s_tir import dlight
 
-    _require_x86(16)
+    lanes = _widest_x86_lanes()
     model, feeds, reference = conv_table
-    target = tvm.target.Target(X86_TARGETS[16])
+    target = tvm.target.Target(X86_TARGETS[lanes])
     with target:
         lowered = tvm.transform.Sequential([
             relax.get_pipeline("zero"),
-            dlight.ApplyDefaultSchedule(cpu.PlainConv(16), cpu.Generic(16)),
+            dlight.ApplyDefaultSchedule(cpu.PlainConv(lanes), cpu.Generic(lanes)),
         ])(from_onnx(model, keep_params_in_input=False))
     rules = {n: cpu.rule_of(f) for n, f in _prim_funcs(lowered).items() if "conv" in n}
     assert rules and all(r == "PlainConv" for r in rules.values()), rules
-    _assert_close(_run(lowered, X86_TARGETS[16], feeds), reference, [c[0] for c in CONV_CASES])
+    _assert_close(_run(lowered, X86_TARGETS[lanes], feeds), reference, [c[0] for c in CONV_CASES])
 
 
 # -- structure -----------------------------------------------------------------------------------
@@ -344,9 +357,10 @@ def test_blocked_convs_use_the_target_vector_width(lowered_by_lanes, lanes):
     funcs = _prim_funcs(lowered_by_lanes(lanes))
     blocked = {n: f for n, f in funcs.items() if "conv2d_nchwc" in n}
     assert blocked
-    # the 16->32 3x3 conv: output (1, 32/lanes, 7, 9, lanes)
+    # the 16->32 3x3 conv: output (1, 32/block, 7, 9, block)
+    block = CHANNEL_BLOCK[lanes]
     shapes = [tuple(int(d) for d in f.params[-1].shape) for f in blocked.values()]
-    assert (1, 32 // lanes, 7, 9, lanes) in shapes, shapes
+    assert (1, 32 // block, 7, 9, block) in shapes, shapes
 
 
 def test_weight_repacks_are_folded_at_compile_time(lowered_by_lanes):
@@ -433,12 +447,12 @@ def test_keep_faster_prefers_the_faster_schedule_per_function():
     from tvm import relax
     from tvm.relax.frontend.onnx import from_onnx
 
-    _require_x86(16)
+    lanes = _widest_x86_lanes()
     net = _Net(seed=6)
     x, _ = net.input((1, 32, 28, 28))
     net.output(net.node("Relu", [net.conv(x, 32, 64, 3)]))
     model = net.model()
-    target = tvm.target.Target(X86_TARGETS[16])
+    target = tvm.target.Target(X86_TARGETS[lanes])
     with target:
         staged = tvm.transform.Sequential(cpu.cpu_graph_stage(target))(
             from_onnx(model, keep_params_in_input=False))
@@ -453,4 +467,4 @@ def test_keep_faster_prefers_the_faster_schedule_per_function():
     assert cpu.rule_of(swapped[conv[0]]) is not None  # the faster candidate replaced the slow one
     feeds = _feeds(model, seed=7)
     reference = _numpy_reference(model, feeds)
-    _assert_close(_run(swapped, X86_TARGETS[16], feeds), reference, ["conv"])
+    _assert_close(_run(swapped, X86_TARGETS[lanes], feeds), reference, ["conv"])
