@@ -893,12 +893,20 @@ def _inline_epilogue(sch, producer) -> object:
         # the inlined block's work now lives in ``current``; keep going down the chain
 
 
-# Below this many loop iterations (times the reduction, about 16M MACs: 0.1-0.2 ms on one
-# core) a function runs on one thread. TVM's parallel loops split the work statically, so on
-# a loaded machine a parallel region waits for a descheduled worker: measured here with one
-# core busy elsewhere, vgg-small took 1.2 ms with a 4M threshold and 0.6 ms with 16M
-# (onnxruntime 0.7 ms). Big layers (ResNet-50, 224x224 inputs) stay parallel.
-_PARALLEL_MIN_WORK = int(os.environ.get("EDGECNN_PARALLEL_MIN_WORK", 1 << 24))
+# Below this many loop iterations (times the reduction: 2M MACs, about 40 us on one core) a
+# function runs on one thread: starting a parallel region costs a few microseconds and TVM
+# splits the work statically. Timed function by function on a Zen 3 (2 threads): convs of
+# 2.4M MACs and more ran 1.2-1.6x faster in parallel, those of 1.2M broke even, smaller ones
+# and small pools, reshapes and layout transforms were up to 5x slower. On a machine whose
+# other core is busy, fewer threads (``--threads 1``) beat any threshold.
+_PARALLEL_MIN_WORK = int(os.environ.get("EDGECNN_PARALLEL_MIN_WORK", 1 << 21))
+# Convolutions with reductions this short (a 3-channel first layer: 27 taps, depthwise: 9)
+# run at a fraction of the dense MAC rate, so they pay for a parallel region at a quarter of
+# the work: mobilenet-tiny's first layer (1M MACs) ran in 0.11 ms on two threads, 0.17 on one.
+_SHORT_REDUCTION = 64
+# Dense layers and pooling (``_schedule_reduction``) are memory-bound: each MAC of a batch-1
+# dense layer reads a weight of its own, so 128K of them already take ~0.1 ms on one core.
+_REDUCTION_WORK_SCALE = 16
 
 
 def _work(sch, block) -> int:
@@ -907,6 +915,21 @@ def _work(sch, block) -> int:
         ext = _extent(iv)
         total *= ext if ext else 1 << 10
     return total
+
+
+def _reduction(sch, block) -> int:
+    """Iterations of a block's reduction loops (MACs per output element of a conv)."""
+    reduction = 1
+    for iv in _iters(sch, block):
+        if int(iv.iter_type) == _REDUCE:
+            reduction *= _extent(iv) or 1 << 10
+    return reduction
+
+
+def _conv_work(sch, block) -> int:
+    """``_work`` of a convolution block, scaled up for short reductions (see above)."""
+    work = _work(sch, block)
+    return work * 4 if _reduction(sch, block) < _SHORT_REDUCTION else work
 
 
 def _schedule_spatial(sch, block, lanes: int, parallel: bool | None = None) -> None:
@@ -969,7 +992,7 @@ def _schedule_reduction(sch, block, lanes: int, parallel: bool | None = None) ->
         fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
         extent = _loop_extent(sch, fused)
         if parallel is None:
-            parallel = _work(sch, block) >= _PARALLEL_MIN_WORK
+            parallel = _work(sch, block) * _REDUCTION_WORK_SCALE >= _PARALLEL_MIN_WORK
         if (extent is None or extent >= 2) and parallel:
             sch.parallel(fused)
     if vector is not None:
@@ -1030,7 +1053,7 @@ def _schedule_tiled(sch, block, lanes, parallel: bool | None = None) -> bool:
         limit = max(limit * lanes // out_block, 4)
     reg_w = _best_tile(out_w, limit)
     if parallel is None:
-        parallel = _work(sch, block) >= _PARALLEL_MIN_WORK
+        parallel = _conv_work(sch, block) >= _PARALLEL_MIN_WORK
     sch.cache_write(block, 0, "local")
     copy = sch.get_consumers(block)[0]
     out = _inline_epilogue(sch, copy)
@@ -1071,8 +1094,33 @@ class BlockedConv(_SafeRule):
         if len(_iters(sch, conv)) - 5 not in (2, 4):
             return False
         others = _other_block_names(sch, conv)
-        if not _schedule_tiled(sch, conv, lanes):
+        # A conv with a short reduction (depthwise: 9 taps; a 3-channel first layer: 27) spends
+        # as long padding its input as convolving it: depthwise convs (each output block reads
+        # one input block) and parallel first layers pad row by row inside the conv's outer
+        # loop, in cache (mobilenet-tiny's first layer 3x faster, its depthwise layers up to
+        # 3x). Dense convs read each padded row for every output block and are faster with
+        # the padding made once (16->16 at 32x32: 1.6x); so are small serial first layers,
+        # whose unblocked rows pad in scalar code (lenet5's first layer: 2x).
+        parallel = _conv_work(sch, conv) >= _PARALLEL_MIN_WORK
+        pad_per_row = name == NCHWC_DEPTHWISE_BLOCK or (
+            parallel and _reduction(sch, conv) < _SHORT_REDUCTION)
+        if not _schedule_tiled(sch, conv, lanes, parallel):
             return False
+        if pad_per_row:
+            outer = sch.get_loops(conv)[0]
+            for producer in sch.get_producers(conv):
+                producer_name = str(sch.get(producer).name_hint)
+                if producer_name not in others:
+                    continue
+                try:
+                    sch.compute_at(producer, outer, preserve_unit_loops=True)
+                except tvm.TVMError:  # TVM checks before it moves anything: padded once instead
+                    _LOG.debug("padding of %s kept outside the conv loop", name)
+                    continue
+                others.remove(producer_name)
+                inner = sch.get_loops(producer)[-1]
+                if (_loop_extent(sch, inner) or 1) % lanes == 0:
+                    sch.vectorize(inner)
         _schedule_remaining(sch, others, lanes)
         return True
 
@@ -1159,7 +1207,7 @@ class PlainConv(_SafeRule):
         x_out, x_in = sch.split(x, [None, vec])
         sch.reorder(n, c_out, y, x_out, c_in, x_in)
         outer = sch.fuse(n, c_out, y)
-        if _work(sch, conv) >= _PARALLEL_MIN_WORK:
+        if _conv_work(sch, conv) >= _PARALLEL_MIN_WORK:
             sch.parallel(outer)
         sch.vectorize(x_in)
         sch.compute_at(conv, x_out, preserve_unit_loops=True)
