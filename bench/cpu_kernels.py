@@ -202,11 +202,14 @@ def zero_peer(model, feeds, target):
 
 
 def edgecnn_build(model, target, database=None):
+    """What ``edgecnn compile`` builds: ``lower.to_relax`` (constant work folded, the rest
+    high-level), then the CPU preset's passes."""
     import tvm
 
+    from edgecnn.compiler import lower
     from edgecnn.compiler.schedules import cpu
 
-    mod = relax_module(model)
+    mod = lower.to_relax(model)
     with target:
         if database is not None:
             with database:
@@ -219,10 +222,10 @@ def edgecnn_build(model, target, database=None):
 def tuned_database(model, preset_name, trials, work_dir):
     """MetaSchedule records through edgecnn's own tuning path (the one `edgecnn compile --tune`
     takes: blocked-layout tasks, budget split by weight, in-process builder) in a fresh database."""
-    from edgecnn.compiler import tuning
+    from edgecnn.compiler import lower, tuning
     from edgecnn.targets.presets import get_preset
 
-    database, info = tuning.prepare(relax_module(model), get_preset(preset_name), trials=trials,
+    database, info = tuning.prepare(lower.to_relax(model), get_preset(preset_name), trials=trials,
                                     db_root=work_dir, log=lambda m: print(m, file=sys.stderr))
     print(f"tuning: {info}", file=sys.stderr)
     return database

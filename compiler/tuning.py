@@ -87,6 +87,10 @@ def extract_tasks(relax_mod, preset: Preset, target) -> list[Task]:
             flops = float(estimate_tir_flops(t.dispatched[0]))
         except Exception:  # data movement only: nothing to count
             flops = 0.0
+        if flops == 0.0:
+            # layout transforms and reshapes: copies the default rule already runs at memory
+            # speed; trials spent there are taken from the convolutions
+            continue
         tasks.append(Task(str(t.task_name), int(t.weight), flops, t))
     return tasks
 
