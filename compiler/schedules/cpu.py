@@ -570,7 +570,7 @@ class _BlockRemaining(relax.PyExprMutator):
             return self._to_plain(relax.Call(call.op, args, call.attrs), block)
         if other_shape is None or other_shape not in ([1, channels, 1, 1], [channels, 1, 1]):
             return call
-        const4 = other if len(other_shape) == 4 else relax.op.reshape(other, [1, channels, 1, 1])
+        const4 = other if len(other_shape) == 4 else self.builder_.emit(relax.op.reshape(other, [1, channels, 1, 1]))
         blocked = self.builder_.emit(relax.op.layout_transform(const4, _to_blocked_map(block)))
         args = [source[0], blocked] if source_first else [blocked, source[0]]
         return self._to_plain(relax.Call(call.op, args, call.attrs), block)
