@@ -24,8 +24,9 @@ TIR level (``schedule_rules``), first match wins:
 * ``WinogradConv`` / ``BlockedConv``: a register tile of ``reg_w`` output columns x one block
   of output channels (one vector, two on AVX2) accumulated in a local buffer, reductions over
   input-channel chunks, kernel taps and the channels of a block (per step: the block's weight
-  vectors, ``reg_w`` broadcasts, an FMA for each accumulator); bias, BatchNorm, activation and residual adds inlined into the store; outer
-  loops fused and parallel when the layer has enough work.
+  vectors, ``reg_w`` broadcasts, an FMA for each accumulator); bias, BatchNorm, activation
+  and residual adds inlined into the store; outer loops fused and parallel when the layer has
+  enough work.
 * ``PlainConv``: a conv still in NCHW: output channels x a vector of output columns.
 * dlight's CPU ``GEMV``, then ``Generic``: pooling, dense, layout transforms, elementwise and
   padding get fused parallel outer loops and a vectorized innermost axis; the spatial axes
