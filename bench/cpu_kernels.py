@@ -6,8 +6,9 @@ models through the test fixtures' graph mirror), TVM's untuned zero pipeline, ed
 CPU schedules (untuned), and edgecnn tuned when ``--tune-trials`` gives a budget. Each round
 runs a block of calls per peer and drops the first call of the block, so a peer's thread pool
 still spinning from its previous block does not bill the next peer; PyTorch and the zero
-pipeline are timed in their own loops, each interleaved with onnxruntime, and every ratio uses
-the onnxruntime p50 of its own loop.
+pipeline are timed in their own loops, each interleaved with onnxruntime. A ratio is the median
+over rounds of the peer's p50 over onnxruntime's p50 in the same round (``paired_ratio``); the
+latencies printed are p50s over all rounds.
 
 Printed per model: p50 latency, ratio to onnxruntime, GFLOP/s and the fraction of the machine's
 measured fp32 peak (a 2048x2048 SGEMM through NumPy's BLAS with the same threads). With
@@ -257,6 +258,18 @@ def interleaved(peers: dict, rounds: int, per_round: int) -> dict:
     return samples
 
 
+def paired_ratio(peer: list, reference: list, rounds: int) -> float:
+    """Median over rounds of the peer's median / the reference's median in the same round.
+
+    Rounds alternate peers within a fraction of a second, so a pair shares the machine's state:
+    on these VMs both peers run 2x slower for seconds at a time (a vCPU's sibling busy), and
+    a ratio of whole-run medians swings with how those stretches fell (0.5-2x for one model).
+    """
+    per_peer, per_ref = len(peer) // rounds, len(reference) // rounds
+    return statistics.median(statistics.median(peer[r * per_peer:(r + 1) * per_peer])
+                             / statistics.median(reference[r * per_ref:(r + 1) * per_ref]) for r in range(rounds))
+
+
 def peak_gflops(threads: int) -> float:
     """fp32 GFLOP/s of a 2048x2048 SGEMM through NumPy's BLAS: the measured ceiling."""
     import numpy as np
@@ -306,13 +319,15 @@ def _all_blocks(sch):
 
 
 def layer_profile(lowered, target, rounds=7) -> list[dict]:
-    """Each compiled function alone, on random inputs of its shapes."""
+    """Each compiled function alone, on random inputs of its shapes; ``ms`` and ``flops`` are
+    totals over the function's calls in the model."""
     import numpy as np
     import tvm
 
     rows = []
+    counts = call_counts(lowered)
     for g_var, func in lowered.functions_items():
-        if not isinstance(func, tvm.tirx.PrimFunc):
+        if not isinstance(func, tvm.tirx.PrimFunc) or not counts.get(g_var.name_hint):
             continue
         try:
             flops = function_flops(func)
@@ -328,18 +343,40 @@ def layer_profile(lowered, target, rounds=7) -> list[dict]:
             start = time.perf_counter()
             fn(*args)
             times.append(time.perf_counter() - start)
-        rows.append({"function": g_var.name_hint, "ms": statistics.median(times) * 1e3, "flops": flops})
+        calls = counts[g_var.name_hint]
+        one_call_ms = statistics.median(times) * 1e3
+        rows.append({"function": g_var.name_hint, "calls": calls, "ms": one_call_ms * calls,
+                     "ms_per_call": one_call_ms, "flops": flops * calls})
     return rows
+
+
+def call_counts(lowered) -> dict:
+    """How many times ``main`` calls each PrimFunc: Relax shares one function between layers of
+    the same shape (SqueezeNet's fire modules, ResNet-50's repeated blocks)."""
+    import tvm
+    from tvm import relax
+
+    counts: dict = {}
+    call_tir = tvm.ir.Op.get("relax.call_tir")
+
+    def visit(expr):
+        if isinstance(expr, relax.Call) and expr.op.same_as(call_tir):
+            name = expr.args[0].name_hint
+            counts[name] = counts.get(name, 0) + 1
+
+    relax.analysis.post_order_visit(lowered["main"], visit)
+    return counts
 
 
 def model_flops(lowered) -> int:
     import tvm
 
+    counts = call_counts(lowered)
     total = 0
-    for _, func in lowered.functions_items():
+    for g_var, func in lowered.functions_items():
         if isinstance(func, tvm.tirx.PrimFunc):
             try:
-                total += function_flops(func)
+                total += function_flops(func) * counts.get(g_var.name_hint, 0)
             except Exception:  # noqa: BLE001
                 pass
     return total
@@ -433,15 +470,18 @@ def main(argv=None) -> int:
         main_group = {k: v for k, v in peers.items() if k in ("onnxruntime", "edgecnn", "edgecnn-tuned")}
         samples = interleaved(main_group, args.rounds, args.per_round)
         ort_by_peer = {k: samples["onnxruntime"] for k in main_group}
+        rounds_of = {k: args.rounds for k in main_group}
         if "pytorch" in peers:
             group = interleaved({"onnxruntime": ort, "pytorch": peers["pytorch"]}, args.rounds, args.per_round)
             samples["pytorch"], ort_by_peer["pytorch"] = group["pytorch"], group["onnxruntime"]
+            rounds_of["pytorch"] = args.rounds
         if "tvm-zero" in peers:
-            group = interleaved({"onnxruntime": ort, "tvm-zero": peers["tvm-zero"]}, max(2, args.rounds // 4), 2)
+            rounds_of["tvm-zero"] = max(2, args.rounds // 4)
+            group = interleaved({"onnxruntime": ort, "tvm-zero": peers["tvm-zero"]}, rounds_of["tvm-zero"], 2)
             samples["tvm-zero"], ort_by_peer["tvm-zero"] = group["tvm-zero"], group["onnxruntime"]
         flops = model_flops(lowered)
         p50 = {k: statistics.median(v) for k, v in samples.items()}
-        ratio = {k: v / statistics.median(ort_by_peer[k]) for k, v in p50.items() if k != "onnxruntime"}
+        ratio = {k: paired_ratio(samples[k], ort_by_peer[k], rounds_of[k]) for k in p50 if k != "onnxruntime"}
         gflops = {k: flops / v / 1e9 for k, v in p50.items()}
         result = {"model": name, "gflop": flops / 1e9, "p50_ms": {k: v * 1e3 for k, v in p50.items()},
                   "ratio_to_onnxruntime": ratio, "gflops": gflops,
