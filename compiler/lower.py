@@ -370,7 +370,7 @@ def to_relax(onnx_model):
         raise CompileError(f"TVM's ONNX importer rejected the model ({type(exc).__name__}: {first_line})") from None
     inference = tvm.transform.Sequential([
         relax.transform.DecomposeOpsForInference(),
-        sum_as_adds(),
+        simplify_imported_graph(),
         relax.transform.DeadCodeElimination(),
         relax.transform.CanonicalizeBindings(),
         legalize_constant_work(),
@@ -483,11 +483,16 @@ def fold_affine_into_conv(mod):
     return tvm.IRModule({gv: (new_main if gv.name_hint == "main" else f) for gv, f in mod.functions.items()})
 
 
-def sum_as_adds():
-    """ONNX ``Sum`` as a chain of ``add``: TVM's importer writes it as ``sum(stack(broadcast_to(x_i)),
-    axis=0)``, which copies every input into a stacked tensor and which no layout pass can move
-    through. ResNet-50's 16 residual additions came out that way: each one converted to NCHW and
-    back around an unblocked add and ReLU (about 9 ms of a 80 ms run)."""
+def simplify_imported_graph():
+    """Undo two shapes TVM's ONNX importer gives ops, which no layout pass can move through:
+
+    - ``Sum`` as ``sum(stack(broadcast_to(x_i)), axis=0)``, which copies every input into a
+      stacked tensor, becomes a chain of ``add``. ResNet-50's 16 residual additions came out
+      that way: each one converted to NCHW and back around an unblocked add and ReLU (about
+      9 ms of an 80 ms run).
+    - ``Dropout``'s output is its input at inference; the kernel TVM keeps for it copies the
+      tensor and, in SqueezeNet, forced a round trip out of the blocked layout and back.
+    """
     import tvm
     from tvm import relax
 
@@ -495,7 +500,7 @@ def sum_as_adds():
         return isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) and expr.op.name == name
 
     @relax.expr_functor.mutator
-    class _SumAsAdds(relax.PyExprMutator):
+    class _Simplify(relax.PyExprMutator):
         def _bound(self, expr):
             return self.lookup_binding(expr) if isinstance(expr, relax.Var) else None
 
@@ -525,9 +530,16 @@ def sum_as_adds():
                 total = self.builder_.emit(relax.op.broadcast_to(total, call.ty.shape))
             return total
 
-    @tvm.transform.module_pass(opt_level=0, name="EdgecnnSumAsAdds")
+        def visit_tuple_getitem_(self, item):
+            item = super().visit_tuple_getitem_(item)
+            source = self._bound(item.tuple_value)
+            if item.index == 0 and op_named(source, "relax.nn.dropout"):
+                return source.args[0]
+            return item
+
+    @tvm.transform.module_pass(opt_level=0, name="EdgecnnSimplifyImportedGraph")
     def _pass(mod, _ctx):
-        mutator = _SumAsAdds(mod)
+        mutator = _Simplify(mod)
         for g_var, func in mod.functions_items():
             if isinstance(func, relax.Function):
                 mutator.builder_.update_func(g_var, mutator.visit_expr(func))

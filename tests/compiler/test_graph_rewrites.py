@@ -114,3 +114,13 @@ def test_constant_varying_over_space_is_not_folded():
                    [("w", rng.standard_normal([6, 3, 3, 3])), ("mask", rng.standard_normal([1, 1, 5, 5]))])
     ops = _ops(_check_against_onnxruntime(model, {"x": rng.standard_normal([1, 3, 7, 7]).astype(np.float32)}))
     assert "relax.multiply" in ops, ops
+
+
+def test_dropout_is_removed_at_inference():
+    rng = np.random.default_rng(6)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"]),
+             helper.make_node("Dropout", ["c"], ["d"], seed=1),
+             helper.make_node("Relu", ["d"], ["y"])]
+    model = _model(nodes, [("x", [1, 3, 7, 7])], [1, 6, 5, 5], [("w", rng.standard_normal([6, 3, 3, 3]))])
+    ops = _ops(_check_against_onnxruntime(model, {"x": rng.standard_normal([1, 3, 7, 7]).astype(np.float32)}))
+    assert "relax.nn.dropout" not in ops and "relax.nn.relu" in ops, ops
