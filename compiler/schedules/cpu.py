@@ -298,8 +298,24 @@ def use_winograd(in_channels: int, out_channels: int, out_h: int, out_w: int) ->
     more channels on both sides Winograd took 0.45-0.75x the direct time (64->128 at 56x56,
     128->128 at 28x28 and 8x8, 256->512 at 7x7, 64->64 at 16x16); with 32 channels it was
     0.7-1.05x, too close to call, so those stay direct.
+
+    Each of the 36 GEMMs reads IC x OC transformed weights (4x the direct conv's) once per
+    image and uses every value once per tile: with few tiles and weights too big for the
+    cache it streams them from memory. 512->512 at 7x7 (4 tiles, 38 MB) ran 1.25x slower
+    than direct on a Zen 4; 128->128 at 8x8 (4 tiles, 2.4 MB) and 256->256 at 14x14 (16
+    tiles, 9.4 MB) ran 0.55-0.7x. So small outputs need the weights to fit the cache.
     """
-    return in_channels >= 64 and out_channels >= 64 and out_h >= 4 and out_w >= 4
+    if not (in_channels >= 64 and out_channels >= 64 and out_h >= 4 and out_w >= 4):
+        return False
+    tiles = -(-out_h // _WINOGRAD_TILE) * -(-out_w // _WINOGRAD_TILE)
+    transformed_weight_bytes = 36 * in_channels * out_channels * 4
+    return tiles >= _WINOGRAD_STREAMING_TILES or transformed_weight_bytes <= _WINOGRAD_CACHED_WEIGHT_BYTES
+
+
+# Winograd's transformed weights: below this size they stay in cache between tiles; above it
+# a conv needs this many tiles per image to reuse each weight enough (see use_winograd).
+_WINOGRAD_CACHED_WEIGHT_BYTES = 8 << 20
+_WINOGRAD_STREAMING_TILES = 16
 
 
 _BLOCKED = re.compile(r"^NCHW(\d+)c$")

@@ -284,6 +284,10 @@ def test_winograd_is_chosen_for_wide_layers_only():
     assert not cpu.use_winograd(16, 16, 56, 56)
     assert not cpu.use_winograd(32, 64, 112, 112)
     assert not cpu.use_winograd(256, 256, 2, 2)
+    # few tiles and transformed weights that do not fit the cache: direct
+    assert not cpu.use_winograd(512, 512, 7, 7)
+    assert cpu.use_winograd(128, 128, 8, 8)  # few tiles, weights cached
+    assert cpu.use_winograd(512, 512, 14, 14)  # enough tiles to reuse streamed weights
 
 
 @pytest.mark.parametrize("lanes", [16, 8, 4])
