@@ -944,13 +944,16 @@ def _inline_epilogue(sch, producer) -> object:
         # the inlined block's work now lives in ``current``; keep going down the chain
 
 
-# Below this many loop iterations (times the reduction: 2M MACs, about 40 us on one core) a
+# Below this many loop iterations (times the reduction: 1M MACs, about 20 us on one core) a
 # function runs on one thread: starting a parallel region costs a few microseconds and TVM
-# splits the work statically. Timed function by function on a Zen 3 (2 threads): convs of
-# 2.4M MACs and more ran 1.2-1.6x faster in parallel, those of 1.2M broke even, smaller ones
-# and small pools, reshapes and layout transforms were up to 5x slower. On a machine whose
-# other core is busy, fewer threads (``--threads 1``) beat any threshold.
-_PARALLEL_MIN_WORK = int(os.environ.get("EDGECNN_PARALLEL_MIN_WORK", 1 << 21))
+# splits the work statically. Timed function by function, each alone (Zen 3, 2 threads),
+# convs of 2.4M MACs and more ran 1.2-1.6x faster in parallel and those of 1.2M broke even;
+# but in a whole model a layer left on one thread also reads what both cores wrote, and the
+# next parallel layer reads what it wrote from one core's cache. Timed in whole models (A/B
+# builds interleaved in one process, Zen 4): 1M instead of 2M made resnet8 0.84-0.98x,
+# mobilenet-tiny 0.83-0.90x and vgg-small 0.94x as long; 256K made resnet8 1.2x longer.
+# On a machine whose other core is busy, fewer threads (``--threads 1``) beat any threshold.
+_PARALLEL_MIN_WORK = int(os.environ.get("EDGECNN_PARALLEL_MIN_WORK", 1 << 20))
 # Convolutions with reductions this short (a 3-channel first layer: 27 taps, depthwise: 9)
 # run at a fraction of the dense MAC rate, so they pay for a parallel region at a quarter of
 # the work: mobilenet-tiny's first layer (1M MACs) ran in 0.11 ms on two threads, 0.17 on one.
@@ -981,9 +984,10 @@ def _conv_work(sch, block) -> int:
     """``_work`` of a convolution block, scaled up for short reductions (see above) and, for
     depthwise convs, as for the memory-bound dense layers and pools: each output reads an
     input window of its own. Timed in the whole model (mobilenet-tiny, Zen 4, 2 threads,
-    interleaved with the default build in one process), depthwise layers parallel from 128K
-    MACs made the model 0.72-0.83x as long; timed alone, in their own caches, they had looked
-    no faster in parallel: in the model each reads what the previous layer wrote on both cores."""
+    interleaved with the default build in one process), depthwise layers parallel from 1/16
+    of the threshold made the model 0.72-0.83x as long; timed alone, in their own caches,
+    they had looked no faster in parallel: in the model each reads what the previous layer
+    wrote on both cores."""
     work = _work(sch, block)
     if str(sch.get(block).name_hint) == NCHWC_DEPTHWISE_BLOCK:
         return work * _REDUCTION_WORK_SCALE
