@@ -146,3 +146,18 @@ def test_output_channels_the_block_does_not_divide_are_padded_to_whole_blocks():
     expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(["y"], feeds)[0]
     np.testing.assert_allclose(got, expected, rtol=RTOL, atol=ATOL)
     assert not cpu._padded_out_channels(40, 8, 16)  # 8 of 40 would be 20% wasted: narrower block
+
+
+@pytest.mark.parametrize("in_features,out_features", [(256, 40), (100, 7), (1000, 64)])
+def test_batch1_dense_runs_as_gemv_over_weight_rows(in_features, out_features):
+    from edgecnn.compiler.schedules import cpu
+
+    rng = np.random.default_rng(in_features)
+    nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["g"], transB=1), helper.make_node("Relu", ["g"], ["y"])]
+    model = _model(nodes, [("x", [1, in_features])], [1, out_features],
+                   [("w", rng.standard_normal([out_features, in_features])), ("b", rng.standard_normal(out_features))])
+    feeds = {"x": rng.standard_normal([1, in_features]).astype(np.float32)}
+    _check_against_onnxruntime(model, feeds)
+    _, lowered = lower.build(lower.to_relax(model), get_preset("host"))
+    rules = {g.name_hint: cpu.rule_of(f) for g, f in lowered.functions_items() if isinstance(f, tvm.tirx.PrimFunc)}
+    assert [r for n, r in rules.items() if "gemv" in n] == ["Gemv"], rules
