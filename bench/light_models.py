@@ -119,8 +119,9 @@ def bench_one(path: Path, target: str, repeat: int, workdir: Path) -> dict:
         row.update(max_abs_err=abs_err, max_abs_ref=scale, ref_spread=spread,
                    passed=all(np.allclose(ours[n], theirs[n], rtol=RTOL, atol=ATOL) for n in names))
         tvm_ms, ort_ms = [], []
-        for _ in range(repeat):  # interleaved blocks: machine load drifts between rounds
-            for run, samples in ((lambda: bundle.run(feeds), tvm_ms), (lambda: session.run(names, feeds), ort_ms)):
+        peers = [(lambda: bundle.run(feeds), tvm_ms), (lambda: session.run(names, feeds), ort_ms)]
+        for index in range(repeat):  # interleaved blocks, in alternating order: machine load drifts
+            for run, samples in (peers if index % 2 == 0 else peers[::-1]):
                 settle()  # the other runtime's pool stops spinning first
                 for _ in range(warmup_calls(samples[-1] / 1e3 if samples else 0.0)):
                     run()
