@@ -441,7 +441,9 @@ def fold_affine_into_conv(mod):
             user = uses[current][0]
             step = _AFFINE_STEPS.get(op_name(bound[user]))
             args = bound[user].args if step else ()
-            if len(args) != 2 or args[0].same_as(current) == args[1].same_as(current) or not _static_tensor(bound[user].ty) \
+            # exactly one operand is the running value, and the op does not broadcast it
+            if len(args) != 2 or args[0].same_as(current) == args[1].same_as(current) \
+                    or not _static_tensor(bound[user].ty) \
                     or [int(d) for d in bound[user].ty.shape.values] != [int(d) for d in value.ty.shape.values]:
                 break
             left = args[0].same_as(current)
@@ -475,7 +477,8 @@ def fold_affine_into_conv(mod):
             elif var in finals:
                 conv_var, shift = finals[var]
                 bias = relax.const(shift.reshape(1, -1, 1, 1))
-                self.builder_.emit_normalized(relax.VarBinding(var, self.builder_.normalize(relax.op.add(conv_var, bias))))
+                biased = self.builder_.normalize(relax.op.add(conv_var, bias))
+                self.builder_.emit_normalized(relax.VarBinding(var, biased))
             else:
                 self.builder_.emit_normalized(relax.VarBinding(var, self.visit_expr(binding.value)))
 
