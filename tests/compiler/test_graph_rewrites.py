@@ -96,22 +96,17 @@ def test_affine_ops_with_constant_on_the_left_fold_too():
     assert sorted(ops) == ["relax.add", "relax.nn.conv2d"], ops
 
 
-def test_conv_result_used_twice_is_not_folded():
+@pytest.mark.parametrize("case", ["conv result used twice", "constant varies over space"])
+def test_affine_ops_that_cannot_fold_are_kept(case):
     rng = np.random.default_rng(4)
-    nodes = [helper.make_node("Conv", ["x", "w"], ["c"]),
-             helper.make_node("Mul", ["c", "scale"], ["m"]),
-             helper.make_node("Add", ["m", "c"], ["y"])]  # the unscaled conv is needed as well
-    model = _model(nodes, [("x", [1, 3, 7, 7])], [1, 6, 5, 5],
-                   [("w", rng.standard_normal([6, 3, 3, 3])), ("scale", rng.standard_normal([1, 6, 1, 1]))])
-    ops = _ops(_check_against_onnxruntime(model, {"x": rng.standard_normal([1, 3, 7, 7]).astype(np.float32)}))
-    assert "relax.multiply" in ops, ops
-
-
-def test_constant_varying_over_space_is_not_folded():
-    rng = np.random.default_rng(5)
-    nodes = [helper.make_node("Conv", ["x", "w"], ["c"]), helper.make_node("Mul", ["c", "mask"], ["y"])]
-    model = _model(nodes, [("x", [1, 3, 7, 7])], [1, 6, 5, 5],
-                   [("w", rng.standard_normal([6, 3, 3, 3])), ("mask", rng.standard_normal([1, 1, 5, 5]))])
+    if case == "conv result used twice":  # the unscaled conv is needed as well
+        tail = [helper.make_node("Mul", ["c", "scale"], ["m"]), helper.make_node("Add", ["m", "c"], ["y"])]
+        scale = rng.standard_normal([1, 6, 1, 1])
+    else:
+        tail = [helper.make_node("Mul", ["c", "scale"], ["y"])]
+        scale = rng.standard_normal([1, 1, 5, 5])
+    model = _model([helper.make_node("Conv", ["x", "w"], ["c"]), *tail], [("x", [1, 3, 7, 7])], [1, 6, 5, 5],
+                   [("w", rng.standard_normal([6, 3, 3, 3])), ("scale", scale)])
     ops = _ops(_check_against_onnxruntime(model, {"x": rng.standard_normal([1, 3, 7, 7]).astype(np.float32)}))
     assert "relax.multiply" in ops, ops
 
