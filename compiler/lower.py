@@ -281,12 +281,23 @@ def _build_fold_library(kernels: dict, elements: int):
         return tvm.runtime.load_module(path)
 
 
-def _static_tensor(ty) -> bool:
+def _static_shape(ty) -> list[int] | None:
+    """The dimensions of a tensor type known at compile time, else None."""
     import tvm
     from tvm import relax
 
     shape = getattr(ty, "shape", None) if isinstance(ty, relax.TensorType) else None
-    return shape is not None and hasattr(shape, "values") and all(isinstance(d, tvm.tirx.IntImm) for d in shape.values)
+    if shape is None or not hasattr(shape, "values") or not all(isinstance(d, tvm.tirx.IntImm) for d in shape.values):
+        return None
+    return [int(d) for d in shape.values]
+
+
+def _op_name(expr) -> str | None:
+    """The name of the Relax op ``expr`` calls (``relax.add``, ...), None for anything else."""
+    import tvm
+    from tvm import relax
+
+    return expr.op.name if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) else None
 
 
 def fold_constants(mod):
@@ -310,7 +321,7 @@ def fold_constants(mod):
         for binding in block.bindings:
             value = binding.value
             if (isinstance(binding, relax.VarBinding) and isinstance(value, relax.Call) and value.op.same_as(call_tir)
-                    and len(value.args) == 2 and _static_tensor(value.ty)
+                    and len(value.args) == 2 and _static_shape(value.ty) is not None
                     and all(isinstance(a, tvm.ir.expr.Constant) or a in foldable for a in value.args[1].fields)):
                 foldable[binding.var] = value
             else:
@@ -319,7 +330,7 @@ def fold_constants(mod):
     if not any(v in used for v in foldable):
         return mod
 
-    shapes = {var: [int(d) for d in call.ty.shape.values] for var, call in foldable.items()}
+    shapes = {var: _static_shape(call.ty) for var, call in foldable.items()}
     library = _build_fold_library({call.args[0].name_hint: mod[call.args[0]] for call in foldable.values()},
                                   elements=sum(math.prod(shape) for shape in shapes.values()))
     device = tvm.cpu()
@@ -423,28 +434,24 @@ def fold_affine_into_conv(mod):
     for var in relax.analysis.free_vars(main.body.body):
         uses.setdefault(var, []).append(None)
 
-    def op_name(value):
-        return value.op.name if isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op) else None
-
     rewrites: dict = {}  # conv var -> (new weight, shift vector, last var of the chain, vars dropped)
     for var, value in bound.items():
-        if op_name(value) != "relax.nn.conv2d" or not isinstance(value.args[1], tvm.ir.expr.Constant):
+        if _op_name(value) != "relax.nn.conv2d" or not isinstance(value.args[1], tvm.ir.expr.Constant):
             continue
         attrs = value.attrs
         if (str(attrs.data_layout), str(attrs.kernel_layout), str(attrs.out_layout)) != ("NCHW", "OIHW", "NCHW") \
-                or not _static_tensor(value.ty) or str(value.ty.dtype) != "float32":
+                or _static_shape(value.ty) is None or str(value.ty.dtype) != "float32":
             continue
-        channels = int(value.ty.shape.values[1])
+        channels = _static_shape(value.ty)[1]
         scale, shift = np.ones(channels), np.zeros(channels)
         chain, current = [], var
         while len(uses.get(current, [])) == 1 and uses[current][0] is not None:
             user = uses[current][0]
-            step = _AFFINE_STEPS.get(op_name(bound[user]))
+            step = _AFFINE_STEPS.get(_op_name(bound[user]))
             args = bound[user].args if step else ()
             # exactly one operand is the running value, and the op does not broadcast it
             if len(args) != 2 or args[0].same_as(current) == args[1].same_as(current) \
-                    or not _static_tensor(bound[user].ty) \
-                    or [int(d) for d in bound[user].ty.shape.values] != [int(d) for d in value.ty.shape.values]:
+                    or _static_shape(bound[user].ty) != _static_shape(value.ty):
                 break
             left = args[0].same_as(current)
             constant = _per_channel(args[1] if left else args[0], channels)
@@ -499,9 +506,6 @@ def simplify_imported_graph():
     import tvm
     from tvm import relax
 
-    def op_named(expr, name):
-        return isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) and expr.op.name == name
-
     @relax.expr_functor.mutator
     class _Simplify(relax.PyExprMutator):
         def _bound(self, expr):
@@ -509,11 +513,11 @@ def simplify_imported_graph():
 
         def visit_call_(self, call):
             call = super().visit_call_(call)
-            if not (op_named(call, "relax.sum") and not call.attrs.keepdims and call.attrs.axis is not None
+            if not (_op_name(call) == "relax.sum" and not call.attrs.keepdims and call.attrs.axis is not None
                     and [int(a) for a in call.attrs.axis] == [0]):
                 return call
             stacked = self._bound(call.args[0])
-            if not (op_named(stacked, "relax.stack") and int(stacked.attrs.axis) == 0):
+            if not (_op_name(stacked) == "relax.stack" and int(stacked.attrs.axis) == 0):
                 return call
             fields = stacked.args[0].fields if isinstance(stacked.args[0], relax.Tuple) else None
             if fields is None and isinstance(stacked.args[0], relax.Var):
@@ -524,19 +528,19 @@ def simplify_imported_graph():
             terms = []
             for field in fields:
                 source = self._bound(field)
-                terms.append(source.args[0] if op_named(source, "relax.broadcast_to") else field)
+                terms.append(source.args[0] if _op_name(source) == "relax.broadcast_to" else field)
             total = terms[0]
             for term in terms[1:]:
                 total = self.builder_.emit(relax.op.add(total, term))
-            expected = [int(d) for d in call.ty.shape.values] if _static_tensor(call.ty) else None
-            if expected is None or [int(d) for d in total.ty.shape.values] != expected:
+            expected = _static_shape(call.ty)
+            if expected is None or _static_shape(total.ty) != expected:
                 total = self.builder_.emit(relax.op.broadcast_to(total, call.ty.shape))
             return total
 
         def visit_tuple_getitem_(self, item):
             item = super().visit_tuple_getitem_(item)
             source = self._bound(item.tuple_value)
-            if item.index == 0 and op_named(source, "relax.nn.dropout"):
+            if item.index == 0 and _op_name(source) == "relax.nn.dropout":
                 return source.args[0]
             return item
 
