@@ -658,6 +658,35 @@ def build(relax_mod, preset: Preset, *, database=None):
     return executable, lowered
 
 
+def build_with_records(relax_mod, preset: Preset, database, feeds: dict, *, log=None):
+    """Build with ``database``'s tuning records and keep the result only if it is faster.
+
+    Where records changed the module and the preset runs on this machine, the default build is
+    made too and both are timed whole on ``feeds`` (``tuning.compare_builds``); the tuned one
+    is returned only if it beats the default by ``tuning.KEEP_MARGIN``, so tuning never makes
+    a bundle slower. Where the preset cannot run here the records are trusted (they were
+    measured on the device). Returns (executable, lowered, verdict); the verdict holds the
+    manifest's ``kept`` ("tuned" or "default") and ``tuned_over_default`` (None: not timed).
+    """
+    from . import tuning
+    from .schedules import cpu
+
+    say = log or (lambda msg: None)
+    tuned_executable, tuned_lowered = build(relax_mod, preset, database=database)
+    if preset.device == "cpu" and not cpu.record_scheduled(tuned_lowered):
+        return tuned_executable, tuned_lowered, {"kept": "default", "tuned_over_default": None}
+    if preset.device != "cpu" or not preset.capabilities().run:
+        return tuned_executable, tuned_lowered, {"kept": "tuned", "tuned_over_default": None}
+    say("timing the tuned build against the default one")
+    default_executable, default_lowered = build(relax_mod, preset)
+    ratio = tuning.compare_builds({"default": default_executable, "tuned": tuned_executable}, feeds)["tuned"]
+    if ratio <= tuning.KEEP_MARGIN:
+        say(f"tuned build kept: {ratio:.3f}x the default's latency")
+        return tuned_executable, tuned_lowered, {"kept": "tuned", "tuned_over_default": round(ratio, 4)}
+    say(f"tuned build dropped: {ratio:.3f}x the default's latency (kept only at <= {tuning.KEEP_MARGIN})")
+    return default_executable, default_lowered, {"kept": "default", "tuned_over_default": round(ratio, 4)}
+
+
 def export_library(executable, preset: Preset, path: Path) -> None:
     from tvm.support import cc
 
@@ -690,9 +719,13 @@ def compile_bundle(model, target: str, out_dir, *, batch: int = 1, tune: int = 0
 
         database, tuning_info = tuning.prepare(relax_mod, preset, trials=tune, db_root=tuning_db, log=say)
 
-    say(f"compiling for {preset.name}")
-    executable, lowered = build(relax_mod, preset, database=database)
     feeds, outputs, reference = golden_data(source, batch)
+    say(f"compiling for {preset.name}")
+    if database is None:
+        executable, lowered = build(relax_mod, preset)
+    else:
+        executable, lowered, verdict = build_with_records(relax_mod, preset, database, feeds, log=say)
+        tuning_info = {**tuning_info, **verdict, "applied": tuning_info["applied"] and verdict["kept"] == "tuned"}
 
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:

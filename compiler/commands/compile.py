@@ -34,8 +34,13 @@ def run(args) -> int:
         print(json.dumps({"bundle": str(result.path), **manifest}, indent=2))
         return 0
     tuning = manifest["tuning"]
-    tuned = (f", tuning records applied to {tuning['records']} task(s), {tuning['trials']} trial(s) run"
-             if tuning["applied"] or tuning["trials"] else "")
+    tuned = ""
+    if tuning["applied"]:
+        tuned = f", tuning records applied to {tuning['records']} task(s), {tuning['trials']} trial(s) run"
+    elif tuning["records"] or tuning["trials"]:
+        ratio = tuning.get("tuned_over_default")
+        why = f" (the tuned build ran {ratio:.2f}x the default's latency)" if ratio else ""
+        tuned = f", default schedules kept{why}, {tuning['trials']} trial(s) run"
     print(f"wrote {result.path} ({manifest['model_name']} for {manifest['target']['preset']}, batch "
           f"{manifest['batch']}, {manifest['compile_seconds']:.1f} s{tuned})")
     return 0

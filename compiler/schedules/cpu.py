@@ -1452,6 +1452,10 @@ def keep_faster(default: tvm.IRModule, tuned: tvm.IRModule, target, names) -> tv
     return result
 
 
+def _copy(mod: tvm.IRModule) -> tvm.IRModule:
+    return tvm.IRModule(dict(mod.functions_items()), attrs=mod.attrs)
+
+
 def _schedule_with_records(lanes: int):
     """Default rules everywhere; where the current MetaSchedule database has a record, the
     record's schedule replaces the default one only if it is faster on this machine (when the
@@ -1464,8 +1468,11 @@ def _schedule_with_records(lanes: int):
 
         if ms.Database.current() is None:
             return apply_rules(mod)
-        default = apply_rules(mod)
-        tuned = apply_rules(relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod))
+        # dlight's ApplyDefaultSchedule, called directly, writes the scheduled functions back
+        # into the module it is given: each build gets its own copy, or the records (keyed by
+        # the unscheduled workloads) would find nothing to match
+        tuned = apply_rules(relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(_copy(mod)))
+        default = apply_rules(_copy(mod))
         target = Target.current(allow_none=True)
         if target is None or not _can_run_here(target):
             return tuned
