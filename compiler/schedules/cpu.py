@@ -17,7 +17,7 @@ Relax level (``layout_passes``):
   transforms down through elementwise ops, pooling and concat until they meet their inverse
   and cancel, so activations stay blocked between layers.
 * Our legalization of blocked convs: direct, depthwise, grouped, and Winograd F(4x4, 3x3)
-  for 3x3 stride-1 convs with >= 64 channels (``use_winograd``). Weight repacks and the
+  for 3x3 stride-1 convs with >= 32 channels (``use_winograd``). Weight repacks and the
   Winograd weight transform are computations on constants, folded at compile time.
 
 TIR level (``schedule_rules``), first match wins:
@@ -319,14 +319,14 @@ def _winograd_conv_te(data, weight_t, padding):
 
 
 def use_winograd(in_channels: int, out_channels: int, out_h: int, out_w: int) -> bool:
-    """Winograd F(4x4, 3x3) for a 3x3 stride-1 conv with at least 64 input and output channels.
+    """Winograd F(4x4, 3x3) for a 3x3 stride-1 conv with at least 32 input and output channels.
 
     Per output pixel the direct conv does 9 IC OC FMAs; Winograd 2.25 IC OC in its GEMM plus
-    transforms costing about 81 IC + 36 OC (less efficient: 36-term sums, strided reads).
-    Measured here layer by layer (2 threads, AVX-512, min of interleaved runs): with 64 or
-    more channels on both sides Winograd took 0.45-0.75x the direct time (64->128 at 56x56,
-    128->128 at 28x28 and 8x8, 256->512 at 7x7, 64->64 at 16x16); with 32 channels it was
-    0.7-1.05x, too close to call, so those stay direct.
+    transforms of about 16 IC + 11 OC adds (``_tile_transform``). Timed in whole models (A/B
+    builds interleaved in one process, Zen 4, 2 threads), Winograd from 32 channels made
+    3conv-224 0.63-0.68x, vgg-small 0.85-0.91x and resnet8 0.83-0.96x as long as Winograd
+    from 64 channels; from 16 channels resnet8 took 1.14x as long (its 16-channel convs at
+    32x32 are small enough that the extra stages cost more than they save), so 32 it is.
 
     Each of the 36 GEMMs reads IC x OC transformed weights (4x the direct conv's) once per
     image and uses every value once per tile: with few tiles and weights too big for the
@@ -334,7 +334,7 @@ def use_winograd(in_channels: int, out_channels: int, out_h: int, out_w: int) ->
     than direct on a Zen 4; 128->128 at 8x8 (4 tiles, 2.4 MB) and 256->256 at 14x14 (16
     tiles, 9.4 MB) ran 0.55-0.7x. So small outputs need the weights to fit the cache.
     """
-    if not (in_channels >= 64 and out_channels >= 64 and out_h >= 4 and out_w >= 4):
+    if not (in_channels >= 32 and out_channels >= 32 and out_h >= 4 and out_w >= 4):
         return False
     tiles = -(-out_h // _WINOGRAD_TILE) * -(-out_w // _WINOGRAD_TILE)
     transformed_weight_bytes = 36 * in_channels * out_channels * 4

@@ -282,7 +282,9 @@ def test_winograd_is_chosen_for_wide_layers_only():
     assert cpu.use_winograd(128, 128, 28, 28)
     assert not cpu.use_winograd(3, 32, 224, 224)
     assert not cpu.use_winograd(16, 16, 56, 56)
-    assert not cpu.use_winograd(32, 64, 112, 112)
+    assert not cpu.use_winograd(16, 64, 55, 55)
+    assert cpu.use_winograd(32, 64, 112, 112)
+    assert cpu.use_winograd(32, 32, 32, 32)
     assert not cpu.use_winograd(256, 256, 2, 2)
     # few tiles and transformed weights that do not fit the cache: direct
     assert not cpu.use_winograd(512, 512, 7, 7)
