@@ -326,7 +326,9 @@ def use_winograd(in_channels: int, out_channels: int, out_h: int, out_w: int) ->
     builds interleaved in one process, Zen 4, 2 threads), Winograd from 32 channels made
     3conv-224 0.63-0.68x, vgg-small 0.85-0.91x and resnet8 0.83-0.96x as long as Winograd
     from 64 channels; from 16 channels resnet8 took 1.14x as long (its 16-channel convs at
-    32x32 are small enough that the extra stages cost more than they save), so 32 it is.
+    32x32, 64 tiles, are small enough that the extra stages cost more than they save). With
+    many tiles 16 channels win too: SqueezeNet's 16->64 convs at 55x55 (196 tiles) took
+    0.35-0.6x the direct time alone, and the model 0.92-0.97x as long.
 
     Each of the 36 GEMMs reads IC x OC transformed weights (4x the direct conv's) once per
     image and uses every value once per tile: with few tiles and weights too big for the
@@ -334,9 +336,10 @@ def use_winograd(in_channels: int, out_channels: int, out_h: int, out_w: int) ->
     than direct on a Zen 4; 128->128 at 8x8 (4 tiles, 2.4 MB) and 256->256 at 14x14 (16
     tiles, 9.4 MB) ran 0.55-0.7x. So small outputs need the weights to fit the cache.
     """
-    if not (in_channels >= 32 and out_channels >= 32 and out_h >= 4 and out_w >= 4):
-        return False
     tiles = -(-out_h // _WINOGRAD_TILE) * -(-out_w // _WINOGRAD_TILE)
+    channels = min(in_channels, out_channels)
+    if not (out_h >= 4 and out_w >= 4 and (channels >= 32 or (channels >= 16 and tiles >= _WINOGRAD_MANY_TILES))):
+        return False
     transformed_weight_bytes = 36 * in_channels * out_channels * 4
     return tiles >= _WINOGRAD_STREAMING_TILES or transformed_weight_bytes <= _WINOGRAD_CACHED_WEIGHT_BYTES
 
@@ -345,6 +348,8 @@ def use_winograd(in_channels: int, out_channels: int, out_h: int, out_w: int) ->
 # a conv needs this many tiles per image to reuse each weight enough (see use_winograd).
 _WINOGRAD_CACHED_WEIGHT_BYTES = 8 << 20
 _WINOGRAD_STREAMING_TILES = 16
+# from this many tiles per image, 16-channel convs go Winograd too
+_WINOGRAD_MANY_TILES = 128
 
 
 _BLOCKED = re.compile(r"^NCHW(\d+)c$")

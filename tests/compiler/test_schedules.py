@@ -281,8 +281,9 @@ def test_winograd_is_chosen_for_wide_layers_only():
     assert cpu.use_winograd(64, 128, 56, 56)
     assert cpu.use_winograd(128, 128, 28, 28)
     assert not cpu.use_winograd(3, 32, 224, 224)
-    assert not cpu.use_winograd(16, 16, 56, 56)
-    assert not cpu.use_winograd(16, 64, 55, 55)
+    assert not cpu.use_winograd(8, 16, 56, 56)
+    assert not cpu.use_winograd(16, 16, 32, 32)
+    assert cpu.use_winograd(16, 64, 55, 55)  # 16 channels: only with many tiles
     assert cpu.use_winograd(32, 64, 112, 112)
     assert cpu.use_winograd(32, 32, 32, 32)
     assert not cpu.use_winograd(256, 256, 2, 2)
