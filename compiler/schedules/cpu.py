@@ -1252,6 +1252,16 @@ class BlockedConv(_SafeRule):
         return True
 
 
+def _tile_point_loops(sch, outer: list, points: list, vector, parallel: bool) -> None:
+    """Outer loops fused (and parallel), tile-point loops unrolled, the channel vector last."""
+    fused = sch.fuse(*outer)
+    if parallel:
+        sch.parallel(fused)
+    for loop in points:
+        sch.unroll(loop)
+    sch.vectorize(vector)
+
+
 def _schedule_winograd_input(sch, block, parallel: bool) -> bool:
     """Input transform V[e, u, c, p, i]: tiles outer (parallel), the 36 (e, u) points unrolled
     so each keeps its own constant-coefficient sum, the channel block vectorized."""
@@ -1260,12 +1270,7 @@ def _schedule_winograd_input(sch, block, parallel: bool) -> bool:
         return False
     e, u, c, p, i = loops
     sch.reorder(c, p, e, u, i)
-    outer = sch.fuse(c, p)
-    if parallel:
-        sch.parallel(outer)
-    sch.unroll(e)
-    sch.unroll(u)
-    sch.vectorize(i)
+    _tile_point_loops(sch, [c, p], [e, u], i, parallel)
     return True
 
 
@@ -1280,12 +1285,7 @@ def _schedule_winograd_output(sch, block, parallel: bool) -> bool:
     tile_y, in_y = sch.split(y, [None, _WINOGRAD_TILE])
     tile_x, in_x = sch.split(x, [None, _WINOGRAD_TILE])
     sch.reorder(n, o, tile_y, tile_x, in_y, in_x, j)
-    outer = sch.fuse(n, o, tile_y)
-    if parallel:
-        sch.parallel(outer)
-    sch.unroll(in_y)
-    sch.unroll(in_x)
-    sch.vectorize(j)
+    _tile_point_loops(sch, [n, o, tile_y], [in_y, in_x], j, parallel)
     return True
 
 
