@@ -304,6 +304,63 @@ def test_chain_matches_numpy(lanes):
     _assert_close(_run(lowered, X86_TARGETS[lanes], feeds), _numpy_reference(model, feeds), ["logits"])
 
 
+# Layers big enough to run on parallel loops (the conv table's are serial): direct convs
+# with several output chunks (the parallel loop runs over rows and chunks), stride 2, and a
+# depthwise conv, each with its padding.
+PARALLEL_CASES = [
+    ("dense_3x3", 16, 48, 3, 1, 24, 24, 1),
+    ("stride2", 32, 64, 3, 2, 26, 26, 1),
+    ("depthwise", 48, 48, 3, 1, 40, 40, 48),
+]
+
+
+def parallel_conv_model():
+    net = _Net(seed=4)
+    for _, cin, cout, k, stride, h, w, groups in PARALLEL_CASES:
+        x, _ = net.input((1, cin, h, w))
+        net.output(net.node("Relu", [net.conv(x, cin, cout, k, stride, groups=groups)]))
+    return net.model()
+
+
+def _parallel_blocks(func) -> set[str]:
+    """Names of the blocks that sit inside a parallel loop of ``func``."""
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(func)
+    names = set()
+    for block in sch.get_child_blocks(sch.get_sblock("root")):
+        if any(sch.get(loop).kind == tvm.tirx.ForKind.PARALLEL for loop in sch.get_loops(block)):
+            names.add(str(sch.get(block).name_hint))
+    return names
+
+
+def test_parallel_convs_match_numpy_and_pad_in_parallel():
+    lanes = _widest_x86_lanes()
+    model = parallel_conv_model()
+    feeds = _feeds(model, seed=5)
+    lowered = _lower(model, X86_TARGETS[lanes])
+    convs = {n: f for n, f in _prim_funcs(lowered).items() if "conv" in n}
+    assert len(convs) == len(PARALLEL_CASES), sorted(convs)
+    for name, func in convs.items():
+        assert cpu.rule_of(func) == "BlockedConv", name
+        in_parallel = _parallel_blocks(func)
+        assert any(b.startswith(("conv2d_nchwc", "depthwise_conv2d_nchwc")) for b in in_parallel), (
+            name, in_parallel)
+        # padding made once before the conv runs on both threads too (a serial pass kept the
+        # conv's worker idle); the depthwise conv pads row by row inside its own loop
+        assert "data_pad" in in_parallel or not any(
+            b == "data_pad" for b in _block_names(func)), (name, in_parallel)
+    names = [case[0] for case in PARALLEL_CASES]
+    _assert_close(_run(lowered, X86_TARGETS[lanes], feeds), _numpy_reference(model, feeds), names)
+
+
+def _block_names(func) -> list[str]:
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(func)
+    return [str(sch.get(b).name_hint) for b in sch.get_child_blocks(sch.get_sblock("root"))]
+
+
 def test_zoo_model_matches_numpy_through_compile_pipeline():
     """The rules as lower.cpu_pipeline applies them, on a zoo model with BatchNorm and ReLU6."""
     from edgecnn.compiler import zoo
