@@ -322,16 +322,14 @@ def parallel_conv_model():
     return net.model()
 
 
-def _parallel_blocks(func) -> set[str]:
-    """Names of the blocks that sit inside a parallel loop of ``func``."""
+def _root_blocks_in_parallel(func) -> dict[str, bool]:
+    """Each block at the root of ``func``: whether it sits inside a parallel loop."""
     from tvm import s_tir
 
     sch = s_tir.Schedule(func)
-    names = set()
-    for block in sch.get_child_blocks(sch.get_sblock("root")):
-        if any(sch.get(loop).kind == tvm.tirx.ForKind.PARALLEL for loop in sch.get_loops(block)):
-            names.add(str(sch.get(block).name_hint))
-    return names
+    return {str(sch.get(block).name_hint): any(
+        sch.get(loop).kind == tvm.tirx.ForKind.PARALLEL for loop in sch.get_loops(block))
+        for block in sch.get_child_blocks(sch.get_sblock("root"))}
 
 
 def test_parallel_convs_match_numpy_and_pad_in_parallel():
@@ -343,22 +341,14 @@ def test_parallel_convs_match_numpy_and_pad_in_parallel():
     assert len(convs) == len(PARALLEL_CASES), sorted(convs)
     for name, func in convs.items():
         assert cpu.rule_of(func) == "BlockedConv", name
-        in_parallel = _parallel_blocks(func)
-        assert any(b.startswith(("conv2d_nchwc", "depthwise_conv2d_nchwc")) for b in in_parallel), (
-            name, in_parallel)
+        blocks = _root_blocks_in_parallel(func)
+        assert any(parallel for block, parallel in blocks.items()
+                   if block.startswith(("conv2d_nchwc", "depthwise_conv2d_nchwc"))), (name, blocks)
         # padding made once before the conv runs on both threads too (a serial pass kept the
         # conv's worker idle); the depthwise conv pads row by row inside its own loop
-        assert "data_pad" in in_parallel or not any(
-            b == "data_pad" for b in _block_names(func)), (name, in_parallel)
+        assert blocks.get("data_pad", True), (name, blocks)
     names = [case[0] for case in PARALLEL_CASES]
     _assert_close(_run(lowered, X86_TARGETS[lanes], feeds), _numpy_reference(model, feeds), names)
-
-
-def _block_names(func) -> list[str]:
-    from tvm import s_tir
-
-    sch = s_tir.Schedule(func)
-    return [str(sch.get(b).name_hint) for b in sch.get_child_blocks(sch.get_sblock("root"))]
 
 
 def test_zoo_model_matches_numpy_through_compile_pipeline():
