@@ -360,6 +360,52 @@ def layer_profile(lowered, target, rounds=7) -> list[dict]:
     return rows
 
 
+def layer_profile_in_model(lowered, target, feeds, runs=50) -> dict:
+    """Milliseconds each function takes inside the model, totalled over its calls in one run
+    (median over ``runs`` runs): ``main``'s calls made one after another on the model's own
+    intermediate tensors, as the VM makes them (reshapes are views, as in the VM). Alone, a
+    function reads inputs that it wrote itself and that stay in its core's cache; in the
+    model it reads what the layer before wrote on both cores (resnet8's 32->32 Winograd conv:
+    22 us alone, 36 us in the model)."""
+    import numpy as np
+    import tvm
+    from tvm import relax
+
+    main = relax.transform.RewriteDataflowReshape()(lowered)["main"]
+    prims = tvm.IRModule({g.name_hint: f.with_attr("global_symbol", g.name_hint)
+                          for g, f in lowered.functions_items() if isinstance(f, tvm.tirx.PrimFunc)})
+    library = tvm.compile(prims, target=target)
+    values = {param: tvm.runtime.tensor(np.ascontiguousarray(v)) for param, v in zip(main.params, feeds.values())}
+
+    def value(expr):
+        return expr.value if isinstance(expr, tvm.ir.expr.Constant) else values[expr]
+
+    steps = []  # (function name or None for a view, callable, args)
+    for block in main.body.blocks:
+        for binding in block.bindings:
+            call = binding.value
+            if call.op.name == "relax.reshape":
+                values[binding.var] = value(call.args[0])._create_view([int(d) for d in call.ty.shape])
+                continue
+            if call.op.name != "relax.call_tir":
+                raise ValueError(f"layer profile: main calls {call.op.name}, not a PrimFunc")
+            name = call.args[0].name_hint
+            out_ty = call.ty_args[0]
+            out = tvm.runtime.empty([int(d) for d in out_ty.shape], out_ty.dtype)
+            values[binding.var] = out
+            steps.append((name, library[name], [value(a) for a in call.args[1].fields] + [out]))
+    per_run = []
+    for _ in range(runs + 5):
+        times = {}
+        for name, fn, args in steps:
+            start = time.perf_counter()
+            fn(*args)
+            times[name] = times.get(name, 0.0) + time.perf_counter() - start
+        per_run.append(times)
+    per_run = per_run[5:]  # the first runs warm up
+    return {name: statistics.median(r[name] for r in per_run) * 1e3 for name in per_run[0]}
+
+
 def call_counts(lowered) -> dict:
     """How many times ``main`` calls each PrimFunc: Relax shares one function between layers of
     the same shape (SqueezeNet's fire modules, ResNet-50's repeated blocks)."""
@@ -506,7 +552,13 @@ def main(argv=None) -> int:
                   "samples": {k: len(v) for k, v in samples.items()}}
         if args.layers:
             layer_rows = layer_profile(lowered, target)
+            in_model = layer_profile_in_model(lowered, target, feeds)
+            for r in layer_rows:
+                r["ms_alone"] = r["ms"]
+                r["ms"] = in_model.get(r["function"], r["ms"])
+                r["ms_per_call"] = r["ms"] / r["calls"]
             total = sum(r["ms"] for r in layer_rows) or 1.0
+            result["layers_total_ms"] = total
             for r in layer_rows:
                 r["share"] = r["ms"] / total
                 r["gflops"] = r["flops"] / (r["ms"] * 1e-3) / 1e9 if r["ms"] > 0 else 0.0
