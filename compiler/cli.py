@@ -14,17 +14,9 @@ import sys
 
 from edgecnn.runtime.bundle import unpin_thread_pool
 from edgecnn.runtime.errors import EdgeCNNError
+from edgecnn.runtime.host import edgecnn_version
 
 from . import commands
-
-
-def _version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("edgecnn")
-    except Exception:  # running from a source tree without an install
-        return "unknown"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="edgecnn",
         description="Compile convolutional networks from definition to verified code on edge hardware.",
     )
-    parser.add_argument("--version", action="version", version=f"edgecnn {_version()}")
+    parser.add_argument("--version", action="version", version=f"edgecnn {edgecnn_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
         if info.name.startswith("_"):

@@ -17,7 +17,6 @@ import codecs
 import gzip
 import hashlib
 import io
-import os
 import pickle
 import zipfile
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from edgecnn.runtime.errors import InputError
+from edgecnn.runtime.host import cache_root
 
 from .fileio import atomic_path
 
@@ -290,11 +290,6 @@ def _ndarray_reconstruct():
     return np.ndarray((0,), np.uint8).__reduce__()[0]
 
 
-def cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "edgecnn"
-
-
 def _mnist_pickle_path() -> Path:
     try:
         from importlib.util import find_spec
@@ -338,7 +333,7 @@ def load_mnist() -> Dataset:
     source = _mnist_pickle_path()
     stat = source.stat()
     key = hashlib.sha256(f"{source}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
-    cached = cache_dir() / f"mnist-{key}.npz"
+    cached = cache_root() / f"mnist-{key}.npz"
     if cached.is_file():
         try:
             with np.load(cached, allow_pickle=False) as npz:

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from edgecnn.runtime.jsonable import jsonable
+
 from .errors import ModelDefinitionError
 from .ops import make_op
 from .ops.base import Op
@@ -52,23 +54,11 @@ class Node:
 
     def to_dict(self) -> dict:
         return {"op_type": self.op_type, "name": self.name, "inputs": list(self.inputs),
-                "outputs": list(self.outputs), "attrs": _jsonable(self.attrs)}
+                "outputs": list(self.outputs), "attrs": jsonable(self.attrs)}
 
     @staticmethod
     def from_dict(d: dict) -> "Node":
         return Node(d["op_type"], d["name"], list(d["inputs"]), list(d["outputs"]), dict(d.get("attrs", {})))
-
-
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return value
 
 
 class Graph:
@@ -196,7 +186,7 @@ class Graph:
             "outputs": list(self.outputs),
             "nodes": [n.to_dict() for n in self.nodes],
             "params": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in self.params.items()},
-            "metadata": _jsonable(self.metadata),
+            "metadata": jsonable(self.metadata),
         }
 
     @staticmethod

@@ -19,7 +19,6 @@ import abc
 import hashlib
 import json
 import os
-import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from .errors import BundleError, InputError, received
+from .host import host_arch
 
 FORMAT_VERSION = 1
 REQUIRED_FILES = ("manifest.json", "model.so", "golden.npz", "model.onnx")
@@ -45,11 +45,6 @@ class TensorInfo:
 
     def describe(self) -> str:
         return f"'{self.name}' {self.dtype}{list(self.shape)}"
-
-
-def host_arch() -> str:
-    machine = platform.machine().lower()
-    return {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
 
 
 def sha256_file(path: Path) -> str:

@@ -26,6 +26,7 @@ import numpy as np
 
 from .bundle import Bundle, Executor
 from .errors import BundleError, EdgeCNNError
+from .host import cache_root
 
 ENV_RUNTIME_DIR = "EDGECNN_AARCH64_RUNTIME"
 # The pair pinned in pyproject.toml: the device libraries must match the compiler that built the bundle.
@@ -98,8 +99,7 @@ def _include_dirs(libs: Path) -> list[Path]:
 
 
 def _cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "edgecnn" / "aarch64-runner"
+    return cache_root() / "aarch64-runner"
 
 
 def runner_path() -> Path:

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import functools
 import os
-import platform
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgecnn.runtime.errors import EdgeCNNError, received
+# machine_arch is the name targets/ has always exported for it
+from edgecnn.runtime.host import host_arch as machine_arch
+from edgecnn.runtime.jsonable import jsonable
 
 AARCH64_CROSS_CXX = "aarch64-linux-gnu-g++"
 AARCH64_SYSROOT = Path("/usr/aarch64-linux-gnu")
@@ -104,7 +106,7 @@ class Preset:
 
     def target_json(self) -> dict:
         """The full target as plain JSON data (``Target.export()`` with tuples as lists)."""
-        return _plain(self.target().export())
+        return jsonable(self.target().export(), _tvm_value)
 
     @property
     def is_gpu(self) -> bool:
@@ -137,29 +139,16 @@ class Preset:
         }
 
 
-def _plain(value):
-    """TVM's exported target (FFI maps, arrays, nested targets) as JSON-ready Python data."""
-    if isinstance(value, (bool, int, float)) or value is None:
-        return value
-    if isinstance(value, str):
-        return str(value)
+def _tvm_value(value):
+    """What ``jsonable`` leaves to us in an exported target: a nested Target, IntImm-likes, the rest as text."""
     if hasattr(value, "export"):  # a nested Target (the host)
-        return _plain(value.export())
-    if hasattr(value, "items"):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if hasattr(value, "__iter__"):
-        return [_plain(v) for v in value]
+        return jsonable(value.export(), _tvm_value)
     if hasattr(value, "value"):  # IntImm and friends
         return value.value
     return str(value)
 
 
 # -- this machine ---------------------------------------------------------------------------------
-
-def machine_arch() -> str:
-    m = platform.machine().lower()
-    return {"amd64": "x86_64", "arm64": "aarch64"}.get(m, m)
-
 
 @functools.lru_cache(maxsize=None)
 def _cpuinfo_flags() -> frozenset[str]:
