@@ -1,6 +1,7 @@
 """Remote execution over a real TVM RPC server on loopback, and aarch64 under qemu-user."""
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -29,9 +30,20 @@ def rpc_server():
     port = _free_port()
     # A device has only TVM's runtime: load only that (TVM's switch), which also halves the start time.
     env = dict(os.environ, TVM_USE_RUNTIME_LIB="1")
+    # rpc_server serves from a PopenWorker child (and one process per session under that); a
+    # signal to rpc_server alone orphans them, so the server gets a process group to stop whole.
     server = subprocess.Popen(
         [sys.executable, "-m", "tvm.exec.rpc_server", "--host", "127.0.0.1", "--port", str(port),
-         "--port-end", str(port + 1)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+         "--port-end", str(port + 1)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+        start_new_session=True)
+
+    def stop():
+        try:
+            os.killpg(server.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        server.wait(timeout=10)
+
     deadline = time.monotonic() + 60
     while True:
         try:
@@ -39,12 +51,11 @@ def rpc_server():
             break
         except OSError:
             if server.poll() is not None or time.monotonic() > deadline:
-                server.kill()
+                stop()
                 pytest.fail(f"the RPC server did not start: {server.stdout.read().decode()[-2000:]}")
             time.sleep(0.2)
     yield f"127.0.0.1:{port}"
-    server.terminate()
-    server.wait(timeout=10)
+    stop()
 
 
 def test_rpc_round_trip_matches_onnxruntime(rpc_server, tiny_bundle, onnxruntime_reference, rng):
