@@ -166,8 +166,3 @@ def get_op_class(op_type: str, layer: str | None = None) -> type[Op]:
 def make_op(node) -> Op:
     """Bind an op class to a node's attributes (validated once)."""
     return get_op_class(node.op_type, node.name)(node.attrs, name=node.name)
-
-
-def as_float32(x: np.ndarray) -> np.ndarray:
-    """The output dtype contract of every op (float64 only inside gradient checks)."""
-    return x if x.dtype == np.float32 or x.dtype == np.float64 else x.astype(np.float32)

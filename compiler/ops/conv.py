@@ -81,9 +81,6 @@ def _col2im_channel_first(dcols: np.ndarray, padded_shape, kernel, strides, dila
 class _Spatial2D(Op):
     """Shared attribute handling for ops with kernel/strides/pads/dilations over 2-D NCHW input."""
 
-    def _kernel(self, in_shapes) -> tuple[int, int]:
-        return _pair(self.attrs["kernel_shape"], 1)
-
     def geometry(self, x_shape, kernel=None):
         """(kernel, strides, dilations, pads[ONNX order], (OH, OW)) for an NCHW input shape."""
         kernel = kernel or _pair(self.attrs["kernel_shape"], 1)
