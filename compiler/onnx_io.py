@@ -229,9 +229,6 @@ class ImportContext:
         """The value of an initializer or Constant-node output, or None if ``name`` is computed."""
         return self.constants.get(name)
 
-    def is_constant(self, name: str) -> bool:
-        return name in self.constants
-
     def shape(self, name: str):
         """The shape of a tensor converted so far (graph input, constant or earlier node output)."""
         if name in self.constants:
