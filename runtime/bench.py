@@ -1,41 +1,18 @@
 """Latency statistics of a bundle: p50, p90, p99, mean and throughput.
 
 Timing itself is done by the executor (perf_counter around whole VM calls locally, TVM's
-time evaluator on a remote device); this module only turns per-call seconds into a summary.
+time evaluator on a remote device) or, against another runtime, by :mod:`.timing`; this
+module only turns per-call seconds into a summary.
 """
 from __future__ import annotations
 
-import math
-import time
 from dataclasses import dataclass
 
 import numpy as np
 
 from .errors import InputError, received
-
-# TVM's idle pool workers busy-wait for about 150 ms after a run (measured here), and so do
-# other runtimes' pools for shorter. A peer timed in the same process right after would share
-# its cores with them (measured: squeezenet in onnxruntime 3.6 ms alone, 11-15 ms 50 ms after a
-# TVM run), so each timed block starts this long after the previous one.
-SETTLE_SECONDS = 0.25
-
-
-def settle() -> None:
-    """Wait until the previous timed block's spinning threads have gone to sleep."""
-    time.sleep(SETTLE_SECONDS)
-
-
-# After a settle pause the first few milliseconds of calls run up to 2x slow (idle vCPUs and
-# sleeping pool workers waking up): vgg-small here 0.95, 0.64, 0.56, 0.42 ms, then 0.35 ms. A
-# block therefore warms up for this long before its timed calls, so each peer is timed hot.
-WARM_SECONDS = 0.02
-
-
-def warmup_calls(seconds_per_call: float, minimum: int = 1) -> int:
-    """Untimed calls that keep a runtime busy for about WARM_SECONDS after a settle pause."""
-    if seconds_per_call <= 0:
-        return max(minimum, 1)
-    return max(minimum, min(10_000, math.ceil(WARM_SECONDS / seconds_per_call)))
+# compiler/tvm/tuning.py still takes these from here until it times through timing.interleaved
+from .timing import SETTLE_SECONDS, WARM_SECONDS, settle, warmup_calls  # noqa: F401
 
 
 @dataclass

@@ -19,15 +19,15 @@ import abc
 import hashlib
 import json
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
 from .errors import BundleError, InputError, received
 from .host import host_arch
+from .timing import time_calls
 
 FORMAT_VERSION = 1
 REQUIRED_FILES = ("manifest.json", "model.so", "golden.npz", "model.onnx")
@@ -227,6 +227,12 @@ class Executor(abc.ABC):
     def time(self, arrays: list[np.ndarray], *, repeat: int, warmup: int) -> list[float]:
         """Seconds per call, ``repeat`` samples after ``warmup`` untimed calls."""
 
+    def prepared_call(self, arrays: list[np.ndarray]) -> Callable[[], None]:
+        """One call of ``main`` on ``arrays`` already on the device, returning when it is done:
+        what :mod:`edgecnn.runtime.timing` times when this executor is compared with a peer."""
+        raise BundleError(f"{self.description} times itself (time()); only a bundle run in this process "
+                          f"can be timed call by call against another runtime")
+
     def close(self) -> None:
         """Release what the executor holds (remote sessions, temporary files)."""
 
@@ -297,19 +303,24 @@ class LocalExecutor(Executor):
     def run(self, arrays):
         return _as_arrays(self.main(*self._tensors(arrays)))
 
+    def prepared_call(self, arrays):
+        # Inputs go to the device once, outside the timed call; the sync makes a GPU call's
+        # time its kernels' time rather than their launch.
+        tensors = self._tensors(arrays)
+        main, device = self.main, self.device
+
+        def call():
+            main(*tensors)
+            device.sync()
+
+        return call
+
     def time(self, arrays, *, repeat, warmup):
         # Executables have no time_evaluator in 0.27 locally: time whole calls with perf_counter.
-        tensors = self._tensors(arrays)
+        call = self.prepared_call(arrays)
         for _ in range(warmup):
-            self.main(*tensors)
-        self.device.sync()
-        times = []
-        for _ in range(repeat):
-            start = time.perf_counter()
-            self.main(*tensors)
-            self.device.sync()
-            times.append(time.perf_counter() - start)
-        return times
+            call()
+        return time_calls(call, repeat)
 
 
 def _check_signature(vm_module, input_names: list[str], where: str) -> None:
@@ -431,14 +442,21 @@ class Bundle:
             parts.append([out[:real] for out in outs])
         return {info.name: np.concatenate([p[i] for p in parts]) for i, info in enumerate(self.outputs)}
 
+    def _first_batch(self, feeds: dict | None) -> list[np.ndarray]:
+        checked, n = check_feeds(self.inputs, self.golden_inputs if feeds is None else feeds)
+        part, _ = next(chunks(checked, n, self.batch))
+        return [part[name] for name in self.input_names]
+
     def time(self, *, repeat: int, warmup: int, feeds: dict | None = None) -> list[float]:
         """Per-call latency in seconds of one compiled batch (golden inputs unless ``feeds``)."""
         executor = self._require_executor()
-        if feeds is None:
-            feeds = self.golden_inputs
-        checked, n = check_feeds(self.inputs, feeds)
-        part, _ = next(chunks(checked, n, self.batch))
-        return executor.time([part[name] for name in self.input_names], repeat=repeat, warmup=warmup)
+        return executor.time(self._first_batch(feeds), repeat=repeat, warmup=warmup)
+
+    def prepared_call(self, feeds: dict | None = None) -> Callable[[], None]:
+        """A zero-argument function making one call of one compiled batch (golden inputs unless
+        ``feeds``), as :meth:`time` times it: the peer to hand :func:`edgecnn.runtime.timing.interleaved`."""
+        executor = self._require_executor()
+        return executor.prepared_call(self._first_batch(feeds))
 
     def close(self) -> None:
         if self.executor is not None:

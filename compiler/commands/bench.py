@@ -1,17 +1,19 @@
 """``edgecnn bench BUNDLE``: latency percentiles and throughput, optionally against onnxruntime.
 
 With ``--compare onnxruntime`` the bundle's ``model.onnx`` runs in onnxruntime in this process
-with the same thread count, on the same inputs, and the two are timed in interleaved rounds
-(timings on shared machines drift between runs, so a peer measured at the same time is the
-only fair reference). ``ratio_p50`` is edgecnn's p50 over onnxruntime's: below 1 is faster.
+with the same thread count, on the same inputs, and the two are timed in interleaved rounds by
+:func:`edgecnn.runtime.timing.interleaved` (timings on shared machines drift between runs, so
+a peer measured at the same time is the only fair reference). ``ratio_p50`` is edgecnn's p50
+over onnxruntime's: below 1 is faster.
 """
 from __future__ import annotations
 
 import json
 import sys
 
-from edgecnn.runtime.bench import HEADER, bench_bundle, check_counts, settle, summarize, warmup_calls
+from edgecnn.runtime.bench import HEADER, bench_bundle, check_counts, summarize
 from edgecnn.runtime.errors import InputError
+from edgecnn.runtime.timing import flatten, interleaved
 
 from ._bundle_cli import add_device_arguments, default_threads, open_bundle, where
 
@@ -43,19 +45,6 @@ def _onnxruntime_session(bundle, threads: int):
                          f"{str(exc).strip().splitlines()[0]}") from None
 
 
-def _time_onnxruntime(session, feeds, repeat: int, warmup: int) -> list[float]:
-    import time
-
-    for _ in range(warmup):
-        session.run(None, feeds)
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        session.run(None, feeds)
-        times.append(time.perf_counter() - start)
-    return times
-
-
 def _split(total: int, parts: int) -> list[int]:
     parts = max(1, min(parts, total))
     return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
@@ -71,17 +60,11 @@ def measure(bundle, *, repeat: int, warmup: int, threads: int | None, compare: b
         return stats.to_dict(), [stats.row("edgecnn")]
     session = _onnxruntime_session(bundle, threads)
     feeds = {name: bundle.golden_inputs[name] for name in bundle.input_names}
-    edge_times: list[float] = []
-    ort_times: list[float] = []
-    edge_warm = warmup_calls(min(bundle.time(repeat=3, warmup=warmup)))
-    ort_warm = warmup_calls(min(_time_onnxruntime(session, feeds, 3, warmup)))
-    peers = [lambda count: edge_times.extend(bundle.time(repeat=count, warmup=edge_warm)),
-             lambda count: ort_times.extend(_time_onnxruntime(session, feeds, count, ort_warm))]
-    for index, count in enumerate(_split(repeat, ROUNDS)):
-        # alternate which runtime goes first: the second of a round runs a few percent faster here
-        for time_peer in (peers if index % 2 == 0 else peers[::-1]):
-            settle()
-            time_peer(count)
+    peers = {"edgecnn": bundle.prepared_call(), "onnxruntime": lambda: session.run(None, feeds)}
+    # --repeat counts timed calls per runtime, spread over the rounds exactly (no filling)
+    counts = _split(repeat, ROUNDS)
+    timings = interleaved(peers, rounds=len(counts), calls=counts, round_seconds=0, warmup=warmup)
+    edge_times, ort_times = flatten(timings["edgecnn"]), flatten(timings["onnxruntime"])
     stats = summarize(edge_times, batch=bundle.batch, threads=threads)
     peer = summarize(ort_times, batch=bundle.batch, threads=threads)
     result = stats.to_dict()

@@ -137,10 +137,3 @@ def test_loading_a_bundle_unpins_tvm_workers_unless_the_user_pinned_them(tiny_bu
     with Bundle.open(tiny_bundle) as fresh:
         fresh.run({"input": fresh.golden_inputs["input"]})
     assert os.environ["TVM_BIND_THREADS"] == expected
-
-
-@pytest.mark.parametrize("seconds_per_call, calls", [(0.001, 20), (0.003, 7), (0.5, 1), (0.0, 1), (1e-9, 10_000)])
-def test_timed_blocks_warm_up_for_about_twenty_milliseconds(seconds_per_call, calls):
-    from edgecnn.runtime.bench import warmup_calls
-
-    assert warmup_calls(seconds_per_call) == calls
