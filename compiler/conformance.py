@@ -10,9 +10,12 @@ Each case is imported, run with the NumPy backend and compared with the expected
 
 - ``pass``: every output matches (for the light models, whose constant weights make the expected
   softmax uniform, the logits feeding the outputs must also match onnxruntime on the same input);
-- ``fail``: it imported (so every op is supported) but an output differs or running raised;
-- ``skip``: the importer refused it (an unsupported op, input type or op configuration); the
-  reason is the importer's own message, so the report says exactly what is missing.
+- ``fail``: it imported (so every op is supported) but an output differs or running raised; or
+  the importer raised an error other than "unsupported" on a model that onnx's checker accepts
+  (a valid model edgecnn claims to handle and does not);
+- ``skip``: the importer refused it (an unsupported op, input type or op configuration), or the
+  model is one onnx's own checker rejects; the reason is the importer's (or the checker's) own
+  message, so the report says exactly what is missing.
 
 Run ``python -m edgecnn.compiler.conformance -o report.md`` to regenerate the committed report.
 """
@@ -118,7 +121,11 @@ def run_case(case: Case, rtol: float = RTOL, atol: float = ATOL) -> Result:
         reason = "unsupported: " + ("; ".join(kinds) if kinds else _first_line(exc))
         return Result(case.id, "skip", reason, seconds=time.perf_counter() - start)
     except EdgeCNNError as exc:
-        return Result(case.id, "skip", "rejected: " + _first_line(exc), seconds=time.perf_counter() - start)
+        invalid = _checker_rejects(case.model_path)
+        if invalid:
+            return Result(case.id, "skip", "invalid model: " + invalid, seconds=time.perf_counter() - start)
+        return Result(case.id, "fail", f"the importer raised {type(exc).__name__} on a model onnx's checker "
+                      f"accepts: {_first_line(exc)}", seconds=time.perf_counter() - start)
     worst = 0.0
     try:
         for ins, outs in case.data_sets:
@@ -154,6 +161,17 @@ def run_case(case: Case, rtol: float = RTOL, atol: float = ATOL) -> Result:
         return Result(case.id, "fail", f"running raised {type(exc).__name__}: {_first_line(exc)}",
                       seconds=time.perf_counter() - start)
     return Result(case.id, "pass", max_abs_error=worst, seconds=time.perf_counter() - start)
+
+
+def _checker_rejects(model_path: Path) -> str:
+    """onnx's checker's first complaint about the model, or '' if it accepts it."""
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(model_path))
+    except Exception as exc:  # ValidationError, or a file onnx itself cannot parse: not a valid model
+        return _first_line(exc)
+    return ""
 
 
 def inner_tensors(graph) -> list[str]:

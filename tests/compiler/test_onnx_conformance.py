@@ -14,6 +14,7 @@ import onnxruntime as ort
 import pytest
 
 from edgecnn.compiler import conformance, onnx_io
+from edgecnn.compiler.errors import ModelDefinitionError, UnsupportedOpError
 
 COMMITTED = Path(__file__).parent / "data" / "onnx_conformance.md"
 
@@ -104,8 +105,9 @@ def test_light_model(case, committed):
     assert result.status != "fail", result.reason
     if committed.get(case.id) == "pass":
         assert result.status == "pass", f"the committed report claims a pass: {result.reason}"
-    if result.status == "pass":
-        _export_of_import_matches(case)
+    if result.status == "skip":  # the importer refused it: say so, and why, instead of passing
+        pytest.skip(f"{case.id}: {result.reason}")
+    _export_of_import_matches(case)
 
 
 def test_a_wrong_expected_output_is_reported_as_a_failure(tmp_path):
@@ -121,3 +123,45 @@ def test_a_wrong_expected_output_is_reported_as_a_failure(tmp_path):
     result = conformance.run_case(tampered)
     assert result.status == "fail" and "differs" in result.reason
     assert conformance.run_case(case).status == "pass"
+
+
+def _conv2d_case():
+    (case,) = [c for c in conformance.discover(("pytorch-converted",)) if c.name == "test_Conv2d"]
+    return case
+
+
+def test_an_importer_error_on_a_valid_model_is_a_failure(monkeypatch):
+    """Only "unsupported" is a skip: any other importer error on a model onnx's checker accepts
+    is edgecnn failing a model it claims to handle."""
+    case = _conv2d_case()
+    onnx.checker.check_model(str(case.model_path))  # the premise: a valid model
+
+    def refuse(source, name=None):
+        raise ModelDefinitionError("conv", "an invented rule")
+
+    monkeypatch.setattr(onnx_io, "import_model", refuse)
+    result = conformance.run_case(case)
+    assert result.status == "fail", result
+    assert "ModelDefinitionError" in result.reason and "an invented rule" in result.reason
+
+
+def test_an_unsupported_op_is_a_skip_with_the_importers_reason(monkeypatch):
+    def refuse(source, name=None):
+        raise UnsupportedOpError("unknown op type 'Conv3000'")
+
+    monkeypatch.setattr(onnx_io, "import_model", refuse)
+    result = conformance.run_case(_conv2d_case())
+    assert result.status == "skip" and "Conv3000" in result.reason, result
+
+
+def test_a_model_the_onnx_checker_rejects_is_a_skip(tmp_path):
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Relu", ["missing"], ["y"])], "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 2])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 2])])
+    path = tmp_path / "invalid.onnx"
+    onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 13)]), str(path))
+    with pytest.raises(onnx.checker.ValidationError):
+        onnx.checker.check_model(str(path))
+    result = conformance.run_case(conformance.Case("made-up", "invalid", path, []))
+    assert result.status == "skip" and result.reason.startswith("invalid model: "), result
