@@ -1,6 +1,6 @@
 """Run an aarch64 bundle on an x86 machine under qemu-user.
 
-The pieces (DESIGN.md): TVM's aarch64 runtime libraries ``libtvm_runtime.so`` and
+The pieces: TVM's aarch64 runtime libraries ``libtvm_runtime.so`` and
 ``libtvm_ffi.so`` taken from the PyPI aarch64 wheels (``make aarch64-runtime`` puts them in
 ``.venv/aarch64-runtime/``; ``EDGECNN_AARCH64_RUNTIME`` points elsewhere), a small C++ runner
 (``native/runner.cc``, tvm_ffi headers only) cross-compiled on first use with

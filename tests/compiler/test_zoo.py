@@ -5,7 +5,7 @@ import pytest
 from edgecnn.compiler import numpy_backend, zoo
 from edgecnn.runtime.errors import InputError
 
-# The documented contract (DESIGN.md and the zoo's docstring): per-sample input, 10 logits.
+# The documented contract (the table in edgecnn.compiler.zoo's docstring): per-sample input, 10 logits.
 DOCUMENTED_INPUTS = {
     "digits-cnn": (1, 8, 8),
     "lenet5": (1, 28, 28),

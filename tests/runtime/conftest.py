@@ -1,6 +1,7 @@
 """Bundles shared by the runtime tests, compiled once per session.
 
-The bundles follow the manifest contract of DESIGN.md. They are built here with TVM directly
+The bundles follow the bundle format (README, "Bundle format": manifest.json keys, file hashes,
+golden data), written by hand here, not by edgecnn's compiler. They are built with TVM directly
 from a small hand-written ONNX model (conv -> relu -> maxpool -> flatten -> gemm), so the
 runtime is tested against bundles whose golden outputs come from onnxruntime, an independent
 reference, and not from the code under test.
