@@ -10,7 +10,7 @@ import numpy as np
 
 from ..errors import UnsupportedOpError
 from .base import Op, register
-from .tensor import broadcast_shape, unbroadcast
+from .tensor import broadcast_shape, constant_input, unbroadcast
 
 
 def _float_attr(op: Op, attrs: dict, key: str):
@@ -25,14 +25,9 @@ def _float_attr(op: Op, attrs: dict, key: str):
 
 def _scalar_input(node, position: int, ctx, what: str):
     """The value of a constant scalar input of an ONNX node (None when the input is absent)."""
-    if len(node.input) <= position or not node.input[position]:
-        return None
-    value = ctx.constant(node.input[position])
+    value = constant_input(node, position, ctx, what, required=False)
     if value is None:
-        raise UnsupportedOpError(
-            f"Node '{node.name}' ({node.op_type}): input '{what}' must be a constant (initializer or Constant); "
-            f"edgecnn does not support computed {what}. Received: {what}={node.input[position]!r}")
-    value = np.asarray(value)
+        return None
     if value.size != 1:
         raise UnsupportedOpError(f"Node '{node.name}' ({node.op_type}): input '{what}' must be a scalar. "
                                  f"Received: shape={value.shape}")

@@ -96,7 +96,7 @@ def _export_axis(op: Op, axis: int, ctx, tensor: str, opset: int) -> int:
     return axis + len(shape_of(tensor))
 
 
-def _constant_input(node, position: int, ctx, what: str, required: bool = True):
+def constant_input(node, position: int, ctx, what: str, required: bool = True):
     """The value of a constant input of an ONNX node; UnsupportedOpError when it is computed."""
     if len(node.input) <= position or not node.input[position]:
         if required:
@@ -309,7 +309,7 @@ class Reshape(Op):
         if opset < 5:
             shape = attrs.get("shape")
         else:
-            shape = _constant_input(node, 1, ctx, "shape")
+            shape = constant_input(node, 1, ctx, "shape")
         if shape is None:
             raise UnsupportedOpError(f"Node '{node.name}' (Reshape): no target shape")
         return ({"shape": [int(v) for v in np.asarray(shape).reshape(-1)], "allowzero": int(attrs.get("allowzero", 0))},
@@ -424,8 +424,8 @@ class Pad(Op):
             if len(node.input) > 3 and node.input[3]:
                 raise UnsupportedOpError(f"Node '{node.name}' (Pad): the 'axes' input is not supported; "
                                          f"give pads for every axis. Received: axes={node.input[3]!r}")
-            pads = _constant_input(node, 1, ctx, "pads")
-            value = _constant_input(node, 2, ctx, "constant_value", required=False)
+            pads = constant_input(node, 1, ctx, "pads")
+            value = constant_input(node, 2, ctx, "constant_value", required=False)
             value = 0.0 if value is None or value.size == 0 else float(value.reshape(-1)[0])
         if pads is None:
             raise UnsupportedOpError(f"Node '{node.name}' (Pad): no pads given")
