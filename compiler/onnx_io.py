@@ -63,6 +63,16 @@ def _onnx():
 # =============================================================================================
 # Export
 # =============================================================================================
+def fresh_name(base: str, taken: set[str]) -> str:
+    """``base`` or ``base_1``, ``base_2``...: the first not in ``taken``, which it then joins."""
+    name, i = base, 0
+    while name in taken:
+        i += 1
+        name = f"{base}_{i}"
+    taken.add(name)
+    return name
+
+
 class ExportContext:
     """What an op's ``to_onnx`` may use: extra initializers and fresh tensor/node names."""
 
@@ -75,12 +85,7 @@ class ExportContext:
 
     def unique_name(self, base: str) -> str:
         """``base`` or ``base_1``, ``base_2``...: a name no tensor or node of the model uses."""
-        name, i = base, 0
-        while name in self._taken:
-            i += 1
-            name = f"{base}_{i}"
-        self._taken.add(name)
-        return name
+        return fresh_name(base, self._taken)
 
     def add_initializer(self, name: str, array) -> str:
         """Add a constant tensor (e.g. Reshape's shape, Clip's bounds); returns its name."""

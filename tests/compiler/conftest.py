@@ -473,12 +473,9 @@ class FakeExportContext:
             self.shape = lambda name: shapes[name]
 
     def unique_name(self, base):
-        name, i = base, 0
-        while name in self.taken:
-            i += 1
-            name = f"{base}_{i}"
-        self.taken.add(name)
-        return name
+        from edgecnn.compiler.onnx_io import fresh_name
+
+        return fresh_name(base, self.taken)
 
     def add_initializer(self, name, array):
         self.initializers[name] = np.asarray(array)
