@@ -78,25 +78,3 @@ def where(args) -> str:
     if getattr(args, "emulate", False):
         return "qemu-aarch64"
     return "local"
-
-
-def run_bundle(args) -> int:
-    """``edgecnn run BUNDLE --input FILE [-o OUT.npz]``: the compiled code on .npy/.npz/image inputs."""
-    import time
-
-    from edgecnn.runtime.images import read_inputs, top_k
-
-    from .run import report
-
-    bundle = open_bundle(args.model, args)
-    try:
-        feeds = read_inputs(args.input, bundle.inputs, bundle.preprocessing)
-        start = time.perf_counter()
-        outputs = bundle.run(feeds)
-        seconds = time.perf_counter() - start
-    finally:
-        bundle.close()
-    ranked = top_k(outputs, bundle.output_names, bundle.labels, getattr(args, "top", 5))
-    title = f"{bundle.model_name} bundle ({bundle.manifest['target'].get('preset')}, {where(args)})"
-    return report(args, title, feeds, outputs, ranked, seconds,
-                  {"model": bundle.model_name, "bundle": str(bundle.path), "backend": "tvm", "where": where(args)})

@@ -1,6 +1,7 @@
 """``edgecnn run MODEL --input FILE [--backend numpy|onnxruntime] [-o OUT.npz]``: inference.
 
-MODEL is a zoo name, a saved model directory or an ``.onnx`` file. Backends are entries of
+MODEL is a zoo name, a saved model directory, an ``.onnx`` file or a bundle directory (its
+compiled code runs, here, over RPC or under qemu: :func:`run_bundle`). Backends are entries of
 :data:`BACKENDS` (name -> function of a :class:`Loaded` model and its feeds), so adding one is
 adding an entry. Inputs are read as for bundles (``edgecnn.runtime.images.read_inputs``).
 """
@@ -15,6 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from edgecnn.runtime.errors import InputError
+
+from ._bundle_cli import add_device_arguments, is_bundle, open_bundle, reject_device_options, where
 
 HELP = ("run a model on inputs from .npy/.npz/images with the NumPy backend, onnxruntime or TVM (compiled "
         "for this CPU, cached); -o writes outputs as .npz")
@@ -83,8 +86,6 @@ def add_arguments(parser):
                         help="classes shown per sample for classifiers with labels (default 5)")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of text")
     # A bundle directory as MODEL runs its compiled code (also images as --input, --rpc, --emulate).
-    from ._bundle_cli import add_device_arguments
-
     add_device_arguments(parser)
 
 
@@ -128,9 +129,26 @@ def top_k(graph, outputs: dict, k: int) -> list | None:
     return ranked(outputs, graph.outputs, graph.metadata.get("labels"), k)
 
 
-def run(args) -> int:
-    from ._bundle_cli import is_bundle, reject_device_options, run_bundle
+def run_bundle(args) -> int:
+    """``edgecnn run BUNDLE --input FILE [-o OUT.npz]``: the compiled code on .npy/.npz/image inputs."""
+    from edgecnn.runtime.images import read_inputs as read_files
+    from edgecnn.runtime.images import top_k as ranked_classes
 
+    bundle = open_bundle(args.model, args)
+    try:
+        feeds = read_files(args.input, bundle.inputs, bundle.preprocessing)
+        start = time.perf_counter()
+        outputs = bundle.run(feeds)
+        seconds = time.perf_counter() - start
+    finally:
+        bundle.close()
+    ranked = ranked_classes(outputs, bundle.output_names, bundle.labels, getattr(args, "top", 5))
+    title = f"{bundle.model_name} bundle ({bundle.manifest['target'].get('preset')}, {where(args)})"
+    return report(args, title, feeds, outputs, ranked, seconds,
+                  {"model": bundle.model_name, "bundle": str(bundle.path), "backend": "tvm", "where": where(args)})
+
+
+def run(args) -> int:
     if is_bundle(args.model):
         return run_bundle(args)
     reject_device_options(args)
