@@ -1,5 +1,7 @@
 """Small helpers shared by the benchmark scripts: result JSON under bench/results/, tables, machine facts.
 
+Timing is not here: every script times through ``edgecnn.runtime.timing``.
+
 Import from a script in this folder with ``from _common import ...`` (Python puts the script's own
 folder first on ``sys.path``).
 """
@@ -9,8 +11,6 @@ import datetime
 import json
 import os
 import platform
-import statistics
-import time
 from pathlib import Path
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -67,24 +67,3 @@ def print_table(rows: list[dict], columns: list[str] | None = None, floatfmt: st
     print("  ".join("-" * w for w in widths))
     for row in cells:
         print("  ".join(v.ljust(w) for v, w in zip(row, widths)))
-
-
-def interleaved_times(peers: dict, rounds: int, per_round: int = 1, warmup: int = 2) -> dict:
-    """Seconds per call of each peer, measured in alternating rounds so machine drift hits all alike.
-
-    ``peers`` maps a name to a zero-argument callable. Returns per peer the median, min and all
-    round means.
-    """
-    for fn in peers.values():
-        for _ in range(warmup):
-            fn()
-    samples = {name: [] for name in peers}
-    order = list(peers.items())
-    for index in range(rounds):
-        # alternate the order: a peer timed second in a round runs a few percent faster here
-        for name, fn in (order if index % 2 == 0 else order[::-1]):
-            start = time.perf_counter()
-            for _ in range(per_round):
-                fn()
-            samples[name].append((time.perf_counter() - start) / per_round)
-    return {name: {"median_s": statistics.median(s), "min_s": min(s), "rounds_s": s} for name, s in samples.items()}

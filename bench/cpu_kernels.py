@@ -1,14 +1,16 @@
 """CPU kernels: edgecnn's default schedules against onnxruntime, PyTorch and TVM's zero pipeline.
 
 For each model, in one process, with rounds interleaved (these machines drift 5-40% between
-runs): onnxruntime with the same thread count, PyTorch CPU when installed (zoo and imported
-models through the test fixtures' graph mirror), TVM's untuned zero pipeline, edgecnn's default
-CPU schedules (untuned), and edgecnn tuned when ``--tune-trials`` gives a budget. Each round
-runs a block of calls per peer and drops the first call of the block, so a peer's thread pool
-still spinning from its previous block does not bill the next peer; PyTorch and the zero
-pipeline are timed in their own loops, each interleaved with onnxruntime. A ratio is the median
-over rounds of the peer's p50 over onnxruntime's p50 in the same round (``paired_ratio``); the
-latencies printed are p50s over all rounds.
+runs): onnxruntime with the same thread count, PyTorch CPU when installed, TVM's untuned zero
+pipeline, edgecnn's default CPU schedules (untuned), and edgecnn tuned when ``--tune-trials``
+gives a budget. The PyTorch peer is a graph-walking mirror, not ``torch.nn`` layers: the test
+fixtures' ``graph_to_torch`` (tests/compiler/conftest.py), one module whose forward walks
+edgecnn's graph node by node calling ``torch.nn.functional`` in eager mode; it is labelled so in
+the output and the JSON. All timing is ``edgecnn.runtime.timing.interleaved``: each round times
+a block per peer after a settle pause and a warm-up; PyTorch and the zero pipeline are timed in
+their own runs, each interleaved with onnxruntime. A ratio is the median over rounds of the
+peer's p50 over onnxruntime's p50 in the same round (``paired_ratio``); the latencies printed
+are p50s over all rounds.
 
 Printed per model: p50 latency, ratio to onnxruntime, GFLOP/s and the fraction of the machine's
 measured fp32 peak (a 2048x2048 SGEMM through NumPy's BLAS with the same threads). With
@@ -29,11 +31,16 @@ from pathlib import Path
 
 from _common import machine, print_table, set_threads, write_result
 
-from edgecnn.runtime.bench import settle, warmup_calls
+from edgecnn.runtime.timing import flatten, interleaved, paired_ratio, time_calls
 
 LIGHT_DIR = "backend/test/data/light"
 LIGHT_MODELS = {"resnet50": "light_resnet50.onnx", "squeezenet": "light_squeezenet.onnx"}
 PLAIN_NET = "3conv-224"
+# what the "pytorch" peer is, in the printed table, the chart and the JSON
+PEER_NOTES = {"pytorch": "graph-walking mirror: tests/compiler/conftest.py graph_to_torch, one torch.nn.Module "
+                         "whose forward walks the edgecnn graph calling torch.nn.functional per node "
+                         "(eager, no torch.nn layers)"}
+LABELS = {"pytorch": "pytorch (graph-walking mirror)"}
 
 
 def parse_args(argv=None):
@@ -232,50 +239,6 @@ def tuned_database(model, preset_name, trials, work_dir):
 
 # -- measurement -------------------------------------------------------------------------------
 
-def interleaved(peers: dict, rounds: int, per_round: int) -> dict:
-    """Per-call seconds of each peer: rounds alternate between peers; in each round a peer makes
-    ``per_round`` timed calls after a pause (``edgecnn.runtime.bench.settle``: the previous peer's
-    spinning threads go to sleep) and a warm-up of about 20 ms (``warmup_calls``: cores and its
-    own pool wake up), so every peer is timed hot and alone. A peer faster than ~3 ms makes
-    more than ``per_round`` timed calls, enough to fill about as long as its warm-up: with 6
-    calls of resnet8 (0.2 ms) per round, the ratio to onnxruntime of 8 rounds ranged
-    0.69-1.26 within one process; with 100 calls, 0.99-1.13. Odd rounds run the peers in
-    reverse order."""
-    samples = {name: [] for name in peers}
-    warm, timed = {}, {}
-    for name, fn in peers.items():
-        fn()
-        start = time.perf_counter()
-        fn()
-        warm[name] = warmup_calls(time.perf_counter() - start)
-        timed[name] = max(per_round, warm[name])
-    order = list(peers.items())
-    for index in range(rounds):
-        # alternate the order: on these VMs a peer timed second in a round runs 3-7% faster
-        # than an identical one timed first (measured with two copies of one module)
-        for name, fn in (order if index % 2 == 0 else order[::-1]):
-            settle()
-            for _ in range(warm[name]):
-                fn()
-            for _ in range(timed[name]):
-                start = time.perf_counter()
-                fn()
-                samples[name].append(time.perf_counter() - start)
-    return samples
-
-
-def paired_ratio(peer: list, reference: list, rounds: int) -> float:
-    """Median over rounds of the peer's median / the reference's median in the same round.
-
-    Rounds alternate peers within a fraction of a second, so a pair shares the machine's state:
-    on these VMs both peers run 2x slower for seconds at a time (a vCPU's sibling busy), and
-    a ratio of whole-run medians swings with how those stretches fell (0.5-2x for one model).
-    """
-    per_peer, per_ref = len(peer) // rounds, len(reference) // rounds
-    return statistics.median(statistics.median(peer[r * per_peer:(r + 1) * per_peer])
-                             / statistics.median(reference[r * per_ref:(r + 1) * per_ref]) for r in range(rounds))
-
-
 def peak_gflops(threads: int) -> float:
     """fp32 GFLOP/s of a 2048x2048 SGEMM through NumPy's BLAS: the measured ceiling."""
     import numpy as np
@@ -284,12 +247,7 @@ def peak_gflops(threads: int) -> float:
     a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
     b = np.random.default_rng(1).standard_normal((n, n)).astype(np.float32)
     a @ b
-    times = []
-    for _ in range(5):
-        start = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - start)
-    return 2 * n ** 3 / min(times) / 1e9
+    return 2 * n ** 3 / min(time_calls(lambda: a @ b, 5)) / 1e9
 
 
 def function_flops(func) -> int:
@@ -351,18 +309,11 @@ def layer_profile(lowered, library, rounds=7) -> list[dict]:
         args = [tvm.runtime.tensor(np.random.default_rng(0).random([int(s) for s in p.shape]).astype(p.dtype))
                 for p in func.params]
         fn = library[g_var.name_hint]
-        start = time.perf_counter()
-        fn(*args)
-        # timed hot, as in the model, where the layer before kept both cores busy
-        for _ in range(warmup_calls(time.perf_counter() - start)):
-            fn(*args)
-        times = []
-        for _ in range(rounds):
-            start = time.perf_counter()
-            fn(*args)
-            times.append(time.perf_counter() - start)
+        # timed hot, as in the model, where the layer before kept both cores busy: no settle pause
+        times = interleaved({"f": lambda: fn(*args)}, rounds=1, calls=rounds, round_seconds=0,
+                            settle_seconds=0)["f"]
         calls = counts[g_var.name_hint]
-        one_call_ms = statistics.median(times) * 1e3
+        one_call_ms = statistics.median(flatten(times)) * 1e3
         rows.append({"function": g_var.name_hint, "calls": calls, "ms": one_call_ms * calls,
                      "ms_per_call": one_call_ms, "flops": flops * calls})
     return rows
@@ -455,7 +406,7 @@ def chart(results, path):
     width = 0.8 / max(len(peers), 1)
     for i, peer in enumerate(peers):
         values = [r["ratio_to_onnxruntime"].get(peer, float("nan")) for r in results]
-        ax.bar([x + i * width for x in range(len(results))], values, width, label=peer)
+        ax.bar([x + i * width for x in range(len(results))], values, width, label=LABELS.get(peer, peer))
     ax.axhline(1.0, color="black", linewidth=0.8)
     ax.set_yscale("log")
     ax.set_xticks([x + width * (len(peers) - 1) / 2 for x in range(len(results))])
@@ -521,9 +472,7 @@ def main(argv=None) -> int:
         zero_note = None
         if not args.no_zero:
             zero = zero_peer(model, feeds, target)
-            start = time.perf_counter()
-            zero()
-            one_call = time.perf_counter() - start
+            (one_call,) = time_calls(zero, 1)
             if one_call <= args.zero_max_s:
                 peers["tvm-zero"] = zero
             else:
@@ -534,27 +483,26 @@ def main(argv=None) -> int:
         # pipeline (50-100x slower) gets one call per round, not a block.
         ort = peers["onnxruntime"]
         main_group = {k: v for k, v in peers.items() if k in ("onnxruntime", "edgecnn", "edgecnn-tuned")}
-        samples = interleaved(main_group, args.rounds, args.per_round)
+        samples = interleaved(main_group, rounds=args.rounds, calls=args.per_round)
         ort_by_peer = {k: samples["onnxruntime"] for k in main_group}
-        rounds_of = {k: args.rounds for k in main_group}
         if "pytorch" in peers:
-            group = interleaved({"onnxruntime": ort, "pytorch": peers["pytorch"]}, args.rounds, args.per_round)
+            group = interleaved({"onnxruntime": ort, "pytorch": peers["pytorch"]}, rounds=args.rounds,
+                                calls=args.per_round)
             samples["pytorch"], ort_by_peer["pytorch"] = group["pytorch"], group["onnxruntime"]
-            rounds_of["pytorch"] = args.rounds
         if "tvm-zero" in peers:
-            rounds_of["tvm-zero"] = max(2, args.rounds // 4)
-            group = interleaved({"onnxruntime": ort, "tvm-zero": peers["tvm-zero"]}, rounds_of["tvm-zero"], 2)
+            group = interleaved({"onnxruntime": ort, "tvm-zero": peers["tvm-zero"]},
+                                rounds=max(2, args.rounds // 4), calls=2)
             samples["tvm-zero"], ort_by_peer["tvm-zero"] = group["tvm-zero"], group["onnxruntime"]
         flops = model_flops(lowered)
-        p50 = {k: statistics.median(v) for k, v in samples.items()}
-        ratio = {k: paired_ratio(samples[k], ort_by_peer[k], rounds_of[k]) for k in p50 if k != "onnxruntime"}
+        p50 = {k: statistics.median(flatten(v)) for k, v in samples.items()}
+        ratio = {k: paired_ratio(samples[k], ort_by_peer[k]) for k in p50 if k != "onnxruntime"}
         gflops = {k: flops / v / 1e9 for k, v in p50.items()}
         result = {"model": name, "gflop": flops / 1e9, "p50_ms": {k: v * 1e3 for k, v in p50.items()},
                   "ratio_to_onnxruntime": ratio, "gflops": gflops,
                   "fraction_of_peak": {k: v / peak for k, v in gflops.items()},
                   "edgecnn_compile_s": compile_s, "zero_skipped": zero_note,
                   "tuned": tuned_verdict if args.tune_trials > 0 else None,
-                  "samples": {k: len(v) for k, v in samples.items()}}
+                  "samples": {k: len(flatten(v)) for k, v in samples.items()}}
         if args.layers:
             library = function_library(lowered, target)
             layer_rows = layer_profile(lowered, library)
@@ -578,8 +526,9 @@ def main(argv=None) -> int:
         row = {"model": name, "GFLOP": flops / 1e9, "ort ms": p50["onnxruntime"] * 1e3}
         for peer in ("pytorch", "tvm-zero", "edgecnn", "edgecnn-tuned"):
             if peer in p50:
-                row[f"{peer} ms"] = p50[peer] * 1e3
-                row[f"{peer} x"] = ratio[peer]
+                column = "pytorch-mirror" if peer == "pytorch" else peer
+                row[f"{column} ms"] = p50[peer] * 1e3
+                row[f"{column} x"] = ratio[peer]
         row["edgecnn GFLOP/s"] = gflops["edgecnn"]
         row["edgecnn %peak"] = 100 * gflops["edgecnn"] / peak
         row["ort %peak"] = 100 * gflops["onnxruntime"] / peak
@@ -592,6 +541,8 @@ def main(argv=None) -> int:
     columns = sorted({c for r in rows for c in r}, key=lambda c: list(rows[0]).index(c) if c in rows[0] else 99)
     print()
     print(f"batch 1, {args.threads} threads, target {args.target}; ratios are p50 over onnxruntime in the same run")
+    if any("pytorch" in r["p50_ms"] for r in results):
+        print(f"pytorch-mirror: {PEER_NOTES['pytorch']}")
     print_table(rows, columns)
     peak = max(peak, peak_gflops(args.threads))
     for result in results:  # fractions against the best ceiling seen during the whole run
@@ -612,6 +563,9 @@ def main(argv=None) -> int:
           f"worst {summary['max_ratio_edgecnn']:.2f}")
     path = write_result(args.name, {"threads": args.threads, "target": args.target, "peak_gflops": peak,
                                     "load_after": os.getloadavg(), "summary": summary, "models": results,
+                                    "peers": {p: LABELS.get(p, p) for p in ("onnxruntime", "pytorch", "tvm-zero",
+                                                                            "edgecnn", "edgecnn-tuned")},
+                                    "peer_notes": PEER_NOTES,
                                     "tune_trials": args.tune_trials, "machine_at_start": machine()})
     png = path.with_suffix(".png")
     chart(results, png)

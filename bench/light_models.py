@@ -3,7 +3,8 @@
 For each model: the wall time of ``compile_bundle`` (import, fold, pipeline, tvm.compile,
 export_library, golden data), the largest difference from onnxruntime on seeded random inputs
 (the pass mark is the bundle tolerance, rtol = atol = 1e-4), and the latency of the untuned
-bundle against onnxruntime on the same inputs, the two interleaved round by round. The shipped
+bundle against onnxruntime on the same inputs, the two interleaved round by round
+(``edgecnn.runtime.timing.interleaved``; the ratio is ``paired_ratio``). The shipped
 models have constant-filled weights and flat outputs, so each is also compiled and compared
 with seeded random weights (``rand`` columns), where agreement means something.
 
@@ -28,8 +29,8 @@ import onnx
 import onnxruntime as ort
 
 from edgecnn.compiler.lower import compile_bundle
-from edgecnn.runtime.bench import settle, warmup_calls
 from edgecnn.runtime.bundle import Bundle, set_threads
+from edgecnn.runtime.timing import flatten, interleaved, paired_ratio
 
 LIGHT_DIR = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
 RESULTS = Path(__file__).parent / "results" / "light_models.json"
@@ -118,18 +119,12 @@ def bench_one(path: Path, target: str, repeat: int, workdir: Path) -> dict:
         spread = max(float(np.ptp(theirs[n])) for n in names)
         row.update(max_abs_err=abs_err, max_abs_ref=scale, ref_spread=spread,
                    passed=all(np.allclose(ours[n], theirs[n], rtol=RTOL, atol=ATOL) for n in names))
-        tvm_ms, ort_ms = [], []
-        peers = [(lambda: bundle.run(feeds), tvm_ms), (lambda: session.run(names, feeds), ort_ms)]
-        for index in range(repeat):  # interleaved blocks, in alternating order: machine load drifts
-            for run, samples in (peers if index % 2 == 0 else peers[::-1]):
-                settle()  # the other runtime's pool stops spinning first
-                for _ in range(warmup_calls(samples[-1] / 1e3 if samples else 0.0)):
-                    run()
-                t = time.perf_counter()
-                run()
-                samples.append((time.perf_counter() - t) * 1e3)
-    row.update(tvm_ms=round(statistics.median(tvm_ms), 2), onnxruntime_ms=round(statistics.median(ort_ms), 2))
-    row["ratio_tvm_over_ort"] = round(row["tvm_ms"] / row["onnxruntime_ms"], 2)
+        # one timed call per runtime and round (no filling): how the README's table was measured
+        times = interleaved({"tvm": lambda: bundle.run(feeds), "onnxruntime": lambda: session.run(names, feeds)},
+                            rounds=repeat, calls=1, round_seconds=0)
+    row.update(tvm_ms=round(statistics.median(flatten(times["tvm"])) * 1e3, 2),
+               onnxruntime_ms=round(statistics.median(flatten(times["onnxruntime"])) * 1e3, 2))
+    row["ratio_tvm_over_ort"] = round(paired_ratio(times["tvm"], times["onnxruntime"]), 2)
     row.update(check_random_weights(path, target, workdir))
     return row
 
