@@ -29,6 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from edgecnn.runtime.errors import EdgeCNNError, InputError
+from edgecnn.runtime.host import edgecnn_version
+from edgecnn.runtime.jsonable import jsonable
 
 from .errors import ModelDefinitionError, UnsupportedOpError
 from .fileio import write_bytes
@@ -43,15 +45,6 @@ VERSION_KEY = "edgecnn_version"
 PORTABLE_METADATA = ("labels", "preprocessing")
 #: ONNX ops with no effect at inference; the importer removes them.
 INFERENCE_NO_OPS = ("Identity", "Dropout")
-
-
-def edgecnn_version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("edgecnn")
-    except Exception:  # a source tree without an install
-        return "unknown"
 
 
 def _onnx():
@@ -167,23 +160,11 @@ def export_model(graph: Graph, opset: int = DEFAULT_OPSET, static_batch: int | N
     meta = {VERSION_KEY: edgecnn_version()}
     for key, value in graph.metadata.items():
         if value is not None:
-            meta[key] = json.dumps(_plain(value))
+            meta[key] = json.dumps(jsonable(value))
     onnx.helper.set_model_props(model, meta)
     if check:
         check_export(model, graph, static_batch)
     return model
-
-
-def _plain(value):
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return value
 
 
 def check_export(model, graph: Graph, static_batch: int | None = None):
