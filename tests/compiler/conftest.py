@@ -499,3 +499,59 @@ def export_context():
 @pytest.fixture
 def import_context():
     return FakeImportContext
+
+
+# -- helpers several test modules share (as fixtures: test modules do not import each other) ----
+def central_differences(f, x: np.ndarray, step: float = 1e-6) -> np.ndarray:
+    """The gradient of the scalar ``f(x)`` by central differences, element by element; ``x``
+    (float64) is perturbed in place and restored."""
+    grad = np.zeros_like(x)
+    for i in np.ndindex(x.shape):
+        keep = x[i]
+        x[i] = keep + step
+        up = f(x)
+        x[i] = keep - step
+        down = f(x)
+        x[i] = keep
+        grad[i] = (up - down) / (2 * step)
+    return grad
+
+
+@pytest.fixture(scope="session")
+def numeric_gradient():
+    """``central_differences(f, x, step=1e-6)``: the independent reference for backward passes."""
+    return central_differences
+
+
+def randomized_constants(graph, seed=0):
+    """The graph with its constant-initialised parameters (biases, BatchNorm scale, shift and
+    statistics) perturbed, so that each of them matters; random weights keep their fan-in scale."""
+    rng = np.random.default_rng(seed)
+    g = graph.copy()
+    for name, value in g.params.items():
+        if value.size and np.all(value == value.flat[0]):
+            g.params[name] = (value + 0.1 * rng.standard_normal(value.shape)).astype(np.float32)
+    return g
+
+
+@pytest.fixture(scope="session")
+def randomized():
+    """``randomized_constants(graph, seed=0)``: a copy of the graph whose constant parameters vary."""
+    return randomized_constants
+
+
+@pytest.fixture(scope="session")
+def ort_session():
+    """``ort_session(model) -> onnxruntime.InferenceSession`` on the CPU, one thread, no spinning:
+    many tiny sessions on a shared machine otherwise spend their time starting thread pools and
+    busy-waiting."""
+    import onnxruntime as ort
+
+    def make(model):
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+    return make

@@ -10,23 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 
 from edgecnn.compiler import conformance, onnx_io
 from edgecnn.compiler.errors import ModelDefinitionError, UnsupportedOpError
 
 COMMITTED = Path(__file__).parent / "data" / "onnx_conformance.md"
-
-
-def quiet_options():
-    # One thread, no spinning: dozens of tiny sessions on a shared 2-core machine otherwise spend
-    # their time in thread-pool start-up and busy waits.
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return options
 
 
 OPERATOR_SUITES = ("pytorch-converted", "pytorch-operator")
@@ -71,11 +60,10 @@ def test_committed_report_claims_no_stale_passes(results, committed):
     assert set(committed) == {c.id for c in conformance.discover()}, "regenerate the committed report"
 
 
-def _export_of_import_matches(case):
+def _export_of_import_matches(case, ort_session):
     """onnxruntime on export(import(m)) reproduces m's expected outputs."""
     graph = onnx_io.import_model(case.model_path)
-    session = ort.InferenceSession(onnx_io.export_model(graph).SerializeToString(), quiet_options(),
-                                   providers=["CPUExecutionProvider"])
+    session = ort_session(onnx_io.export_model(graph))
     for ins, outs in case.data_sets:
         if ins is None:
             feeds = {s.name: conformance.light_input(s.concrete(1)) for s in graph.inputs}
@@ -86,11 +74,11 @@ def _export_of_import_matches(case):
             np.testing.assert_allclose(y, conformance._read_tensor(path), rtol=1e-4, atol=1e-4, err_msg=case.id)
 
 
-def test_export_of_import_computes_what_the_original_computes(results):
+def test_export_of_import_computes_what_the_original_computes(results, ort_session):
     checked = 0
     for case in conformance.discover(OPERATOR_SUITES):
         if results[case.id].status == "pass":
-            _export_of_import_matches(case)
+            _export_of_import_matches(case, ort_session)
             checked += 1
     assert checked == sum(r.status == "pass" for r in results.values())
 
@@ -100,14 +88,14 @@ LIGHT = [c for c in conformance.discover(("light",))]
 
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.name, marks=() if c.name in FAST_LIGHT else pytest.mark.slow)
                                   for c in LIGHT])
-def test_light_model(case, committed):
+def test_light_model(case, committed, ort_session):
     result = conformance.run_case(case)
     assert result.status != "fail", result.reason
     if committed.get(case.id) == "pass":
         assert result.status == "pass", f"the committed report claims a pass: {result.reason}"
     if result.status == "skip":  # the importer refused it: say so, and why, instead of passing
         pytest.skip(f"{case.id}: {result.reason}")
-    _export_of_import_matches(case)
+    _export_of_import_matches(case, ort_session)
 
 
 def test_a_wrong_expected_output_is_reported_as_a_failure(tmp_path):

@@ -20,31 +20,15 @@ RTOL = ATOL = 1e-5
 OPSETS = range(7, 22)  # the issue asks for 13..21 at least; ops also claim older encodings
 
 
-def randomized(graph, seed=0):
-    """The graph with its constant-initialised parameters (biases, BatchNorm scale, shift and
-    statistics) perturbed, so that each of them matters; random weights keep their fan-in scale."""
-    rng = np.random.default_rng(seed)
-    g = graph.copy()
-    for name, value in g.params.items():
-        if value.size and np.all(value == value.flat[0]):
-            g.params[name] = (value + 0.1 * rng.standard_normal(value.shape)).astype(np.float32)
-    return g
+@pytest.fixture(scope="session")
+def ort_run(ort_session):
+    """``ort_run(model, feeds) -> {output name: array}`` by onnxruntime."""
+    def run(model, feeds):
+        session = ort_session(model)
+        names = [o.name for o in session.get_outputs()]
+        return dict(zip(names, session.run(names, feeds)))
 
-
-def quiet_options():
-    # One thread, no spinning: many tiny sessions on a shared machine otherwise spend their time
-    # starting thread pools and busy-waiting.
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return options
-
-
-def ort_run(model, feeds):
-    session = ort.InferenceSession(model.SerializeToString(), quiet_options(), providers=["CPUExecutionProvider"])
-    names = [o.name for o in session.get_outputs()]
-    return dict(zip(names, session.run(names, feeds)))
+    return run
 
 
 def assert_close(got, want, rtol=RTOL, atol=ATOL):
@@ -80,12 +64,12 @@ def assert_same_graph(a, b):
 
 # -- the zoo ----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def zoo_graphs():
+def zoo_graphs(randomized):
     return {name: randomized(zoo.build(name)) for name in zoo.NAMES}
 
 
 @pytest.mark.parametrize("name", zoo.NAMES)
-def test_zoo_exports_checked_and_matches_onnxruntime_at_batch_1_and_8(zoo_graphs, name, rng):
+def test_zoo_exports_checked_and_matches_onnxruntime_at_batch_1_and_8(zoo_graphs, name, rng, ort_run):
     graph = zoo_graphs[name]
     model = onnx_io.export_model(graph)
     onnx.checker.check_model(model, full_check=True)
@@ -128,7 +112,7 @@ def test_names_symbolic_batch_producer_and_metadata(zoo_graphs):
     assert back.metadata == graph.metadata
 
 
-def test_static_batch_pins_the_batch_dimension(zoo_graphs, rng):
+def test_static_batch_pins_the_batch_dimension(zoo_graphs, rng, ort_run):
     graph = zoo_graphs["lenet5"]
     model = onnx_io.export_model(graph, static_batch=4)
     dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
@@ -214,7 +198,7 @@ def test_every_registered_op_has_an_export_case():
 
 
 @pytest.mark.parametrize("op_type", sorted(OP_CASES))
-def test_each_op_exports_at_every_opset_it_allows(op_type, rng):
+def test_each_op_exports_at_every_opset_it_allows(op_type, rng, ort_run, randomized):
     graph = randomized(OP_CASES[op_type]())
     assert op_type in {n.op_type for n in graph.nodes}
     lo, hi = REGISTRY[op_type].onnx_opsets
@@ -257,7 +241,7 @@ def test_opset_outside_an_ops_range_names_the_layer():
         onnx_io.export_model(graph, opset=onnx.defs.onnx_opset_version() + 1)
 
 
-def test_export_of_import_computes_the_same_function_as_a_foreign_model(rng):
+def test_export_of_import_computes_the_same_function_as_a_foreign_model(rng, ort_run):
     """An ONNX model written by hand (not by edgecnn): import, re-export, compare under onnxruntime."""
     from onnx import TensorProto, helper, numpy_helper
 

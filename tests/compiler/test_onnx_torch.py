@@ -18,16 +18,6 @@ torch = pytest.importorskip("torch", reason="PyTorch is an optional test peer (p
 nn = torch.nn
 
 
-def _perturbed(graph, seed=0):
-    """Constant-initialised parameters (biases, BatchNorm statistics) perturbed so they matter."""
-    rng = np.random.default_rng(seed)
-    g = graph.copy()
-    for name, value in g.params.items():
-        if value.size and np.all(value == value.flat[0]):
-            g.params[name] = (value + 0.1 * rng.standard_normal(value.shape)).astype(np.float32)
-    return g
-
-
 def _t(array):
     return torch.tensor(np.array(array), dtype=torch.float32)
 
@@ -130,8 +120,8 @@ def test_the_zoo_needs_no_other_modules():
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 @pytest.mark.parametrize("name, folding", [(n, True) for n in zoo.NAMES]
                          + [("resnet8", False), ("mobilenet-tiny", False)])
-def test_torch_export_of_the_zoo_imports_and_matches_pytorch(name, folding, torch_mirror, rng):
-    graph = _perturbed(zoo.build(name))
+def test_torch_export_of_the_zoo_imports_and_matches_pytorch(name, folding, torch_mirror, rng, randomized):
+    graph = randomized(zoo.build(name))
     module = Idiomatic(graph).eval()
     (spec,) = graph.inputs
     x = rng.standard_normal(spec.concrete(2)).astype(np.float32)

@@ -13,28 +13,14 @@ from edgecnn.compiler.serialize import load_model
 from edgecnn.runtime.errors import InputError
 
 
-def numeric_grad(f, x, eps=1e-6):
-    """Central differences of a scalar function of a float64 array."""
-    g = np.zeros_like(x)
-    for i in np.ndindex(x.shape):
-        old = x[i]
-        x[i] = old + eps
-        hi = f(x)
-        x[i] = old - eps
-        lo = f(x)
-        x[i] = old
-        g[i] = (hi - lo) / (2 * eps)
-    return g
-
-
 # -- losses -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("smoothing", [0.0, 0.1])
-def test_cross_entropy_gradient_matches_finite_differences(smoothing):
+def test_cross_entropy_gradient_matches_finite_differences(smoothing, numeric_gradient):
     rng = np.random.default_rng(0)
     logits = rng.standard_normal((5, 4))
     labels = rng.integers(0, 4, 5)
     _, grad = T.softmax_cross_entropy(logits, labels, smoothing)
-    expected = numeric_grad(lambda z: T.softmax_cross_entropy(z, labels, smoothing)[0], logits.copy())
+    expected = numeric_gradient(lambda z: T.softmax_cross_entropy(z, labels, smoothing)[0], logits.copy())
     np.testing.assert_allclose(grad, expected, rtol=1e-6, atol=1e-9)
 
 
@@ -65,12 +51,12 @@ def test_cross_entropy_matches_torch(smoothing):
     np.testing.assert_allclose(grad, t.grad.numpy(), rtol=1e-5, atol=1e-7)
 
 
-def test_mse_value_and_gradient():
+def test_mse_value_and_gradient(numeric_gradient):
     pred = np.array([[1.0, 2.0], [3.0, 5.0]])
     target = np.array([[1.0, 0.0], [0.0, 1.0]])
     loss, grad = T.mean_squared_error(pred, target)
     assert loss == pytest.approx((0 + 4 + 9 + 16) / 4)
-    expected = numeric_grad(lambda p: T.mean_squared_error(p, target)[0], pred.copy())
+    expected = numeric_gradient(lambda p: T.mean_squared_error(p, target)[0], pred.copy())
     np.testing.assert_allclose(grad, expected, rtol=1e-7)
 
 
