@@ -1,11 +1,11 @@
 """Target presets: the table of presets, the detected host CPU, and what this machine can do."""
 import os
-import platform
 import shutil
 from pathlib import Path
 
 import pytest
 
+from edgecnn.runtime.host import host_arch
 from edgecnn.targets import TargetError, get_preset, host_cpu_features, list_presets, preset_names
 
 EXPECTED = {
@@ -21,10 +21,6 @@ EXPECTED = {
 }
 
 
-def _machine():
-    return {"amd64": "x86_64", "arm64": "aarch64"}.get(platform.machine().lower(), platform.machine().lower())
-
-
 def test_all_issue_presets_exist():
     assert set(preset_names()) == set(EXPECTED)
 
@@ -34,7 +30,7 @@ def test_preset_target_builds_and_matches_its_kind(name):
     preset = get_preset(name)
     device, arch, triple = EXPECTED[name]
     assert preset.device == device
-    assert preset.arch == (arch or _machine())
+    assert preset.arch == (arch or host_arch())
     spec = preset.target_json()
     assert spec["kind"] == ("cuda" if device == "cuda" else "llvm")
     cpu_part = spec["host"] if device == "cuda" else spec
@@ -64,7 +60,7 @@ def _cpuinfo_flags() -> set[str]:
     return set()
 
 
-@pytest.mark.skipif(_machine() != "x86_64" or not Path("/proc/cpuinfo").exists(),
+@pytest.mark.skipif(host_arch() != "x86_64" or not Path("/proc/cpuinfo").exists(),
                     reason="host CPU detection is checked against /proc/cpuinfo on x86-64")
 def test_host_target_uses_only_features_the_cpu_has():
     import tvm.target.codegen as codegen
@@ -90,7 +86,7 @@ def test_unknown_preset_lists_the_known_ones():
 
 
 def test_x86_presets_run_here_only_with_their_features():
-    if _machine() != "x86_64":
+    if host_arch() != "x86_64":
         pytest.skip("x86-64 presets run only on x86-64")
     flags = _cpuinfo_flags()
     assert get_preset("x86-64-avx2").capabilities().run == ({"avx2", "fma"} <= flags)
@@ -110,7 +106,7 @@ def test_missing_cross_compiler_is_reported_with_the_fix(monkeypatch, tmp_path):
 def test_aarch64_capabilities_follow_the_tools_on_path():
     caps = get_preset("aarch64").capabilities()
     assert caps.build == (shutil.which("aarch64-linux-gnu-g++") is not None)
-    if _machine() == "x86_64":
+    if host_arch() == "x86_64":
         assert not caps.run
         has_qemu = bool(shutil.which("qemu-aarch64-static") or shutil.which("qemu-aarch64"))
         assert caps.emulate == (has_qemu and os.path.isdir("/usr/aarch64-linux-gnu"))
