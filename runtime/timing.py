@@ -3,7 +3,7 @@
 Everything in edgecnn that says "A is x times as fast as B" measures through :func:`interleaved`:
 ``edgecnn bench --compare``, the tuned-versus-default verdict of ``edgecnn compile --tune``, the
 per-function choice between a tuning record and the default schedule, and every script in
-``bench/``. A peer is a zero-argument callable making one call; the harness times each call
+``bench/`` that compares peers. A peer is a zero-argument callable making one call; the harness times each call
 with ``time.perf_counter`` (a peer that runs on a device waits for it inside the call:
 ``Bundle.prepared_call`` does).
 
