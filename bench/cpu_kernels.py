@@ -212,26 +212,21 @@ def zero_peer(model, feeds, target):
 
 
 def edgecnn_build(model, target):
-    """What ``edgecnn compile`` builds: ``lower.to_relax`` (constant work folded, the rest
+    """What ``edgecnn compile`` builds: ``frontend.to_relax`` (constant work folded, the rest
     high-level), then the CPU preset's passes."""
-    import tvm
+    from edgecnn.compiler.tvm import frontend, pipelines
 
-    from edgecnn.compiler import lower
-    from edgecnn.compiler.schedules import cpu
-
-    mod = lower.to_relax(model)
-    with target:
-        lowered = tvm.transform.Sequential(cpu.cpu_passes(target))(mod)
-    return tvm.compile(lowered, target=target), lowered
+    lowered = pipelines.lower(frontend.to_relax(model), target)
+    return pipelines.compile_lowered(lowered, target, "bench"), lowered
 
 
 def tuned_database(model, preset_name, trials, work_dir):
     """MetaSchedule records through edgecnn's own tuning path (the one `edgecnn compile --tune`
     takes: blocked-layout tasks, budget split by weight, in-process builder) in a fresh database."""
-    from edgecnn.compiler import lower, tuning
+    from edgecnn.compiler.tvm import frontend, tuning
     from edgecnn.targets.presets import get_preset
 
-    database, info = tuning.prepare(lower.to_relax(model), get_preset(preset_name), trials=trials,
+    database, info = tuning.prepare(frontend.to_relax(model), get_preset(preset_name), trials=trials,
                                     db_root=work_dir, log=lambda m: print(m, file=sys.stderr))
     print(f"tuning: {info}", file=sys.stderr)
     return database
@@ -430,9 +425,9 @@ def main(argv=None) -> int:
 
     target = get_preset(args.target).target()
     if args.no_winograd:
-        from edgecnn.compiler.schedules import cpu
+        from edgecnn.compiler.tvm.schedules.cpu import legalize
 
-        cpu.use_winograd = lambda *shape: False
+        legalize.use_winograd = lambda *shape: False
     # the ceiling is the best SGEMM seen: measured before every model, as load comes and goes
     peak = peak_gflops(args.threads)
     print(f"measured fp32 peak (SGEMM 2048, {args.threads} threads): {peak:.0f} GFLOP/s; "
@@ -454,13 +449,13 @@ def main(argv=None) -> int:
         if args.tune_trials > 0:
             import tempfile
 
-            from edgecnn.compiler import lower
+            from edgecnn.compiler.tvm import frontend, tuning
 
             with tempfile.TemporaryDirectory() as work:
                 database = tuned_database(model, args.target, args.tune_trials, Path(work))
                 # what `edgecnn compile --tune` ships: the tuned build only if it is faster whole
-                tuned_exec, _, tuned_verdict = lower.build_with_records(
-                    lower.to_relax(model), get_preset(args.target), database, feeds,
+                tuned_exec, _, tuned_verdict = tuning.build_with_records(
+                    frontend.to_relax(model), get_preset(args.target), database, feeds,
                     log=lambda m: print(m, file=sys.stderr))
             peers["edgecnn-tuned"] = _vm_peer(tuned_exec, feeds)
         reference = peers["onnxruntime"]()

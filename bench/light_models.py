@@ -28,7 +28,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from edgecnn.compiler.lower import compile_bundle
+from edgecnn.compiler.tvm.bundle import compile_bundle
 from edgecnn.runtime.bundle import Bundle, set_threads
 from edgecnn.runtime.timing import flatten, interleaved, paired_ratio
 

@@ -306,7 +306,8 @@ CONSTANT_SOURCES = {
 }
 
 
-def _default_opset(model) -> int:
+def model_opset(model) -> int:
+    """The version of the default ONNX operator set (ai.onnx) the model imports."""
     for imp in model.opset_import:
         if imp.domain in ("", "ai.onnx"):
             return int(imp.version)
@@ -447,7 +448,7 @@ def import_model(source, name: str | None = None) -> Graph:
     onnx = _onnx()
     model = load_onnx(source)
     g = model.graph
-    opset = _default_opset(model)
+    opset = model_opset(model)
 
     named_nodes = _uniquely_named(g.node)
     constants: dict[str, np.ndarray] = {t.name: _tensor_to_array(t, "initializer") for t in g.initializer}
@@ -576,7 +577,7 @@ def import_model(source, name: str | None = None) -> Graph:
 
     referenced = {i for n in ir_nodes for i in n.inputs if i}
     params = {k: _param_array(v) for k, v in constants.items() if k in referenced}
-    metadata = _read_metadata(model)
+    metadata = read_metadata(model)
     try:
         return Graph(inputs, output_names, ir_nodes, params, name=name or g.name or "model", metadata=metadata)
     except ModelDefinitionError as exc:
@@ -628,7 +629,8 @@ def _fold(ir_node: Node, constants: dict) -> dict | None:
     return dict(zip(ir_node.outputs, outputs))
 
 
-def _read_metadata(model) -> dict:
+def read_metadata(model) -> dict:
+    """``metadata_props`` as graph metadata: all of ours, only the portable keys of other producers."""
     props = {p.key: p.value for p in model.metadata_props}
     ours = model.producer_name == PRODUCER_NAME
     metadata = {}

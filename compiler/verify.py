@@ -205,7 +205,7 @@ def layerwise(graph, target: str, *, batch: int = 1, rtol: float = 1e-4, atol: f
               log=None) -> LayerReport:
     """Compile ``graph`` with every layer exposed for ``target`` and compare each layer with NumPy."""
     from . import numpy_backend
-    from .lower import compile_model
+    from .tvm.bundle import compile_model
 
     say = log or (lambda msg: None)
     rng = np.random.default_rng(seed)

@@ -22,7 +22,7 @@ def add_arguments(parser):
 
 
 def run(args) -> int:
-    from edgecnn.compiler.lower import compile_bundle
+    from edgecnn.compiler.tvm.bundle import compile_bundle
 
     def log(message: str) -> None:
         print(f"edgecnn compile: {message}", file=sys.stderr, flush=True)

@@ -101,7 +101,7 @@ def compile_for(state: DemoState, graph, preset_name: str):
     """Compile when this machine can build for the preset; otherwise record why not."""
     from edgecnn.targets.presets import get_preset
 
-    from ..lower import compile_bundle
+    from ..tvm.bundle import compile_bundle
 
     row = state.rows.setdefault(preset_name, TargetRow(preset_name))
     caps = get_preset(preset_name).capabilities()
@@ -194,7 +194,7 @@ def build_cuda_kernels(state: DemoState, result):
     """Generate the CUDA kernels and compile them with nvcc for the preset's architecture."""
     from edgecnn.targets.presets import get_preset
 
-    from ..lower import cuda_kernel_names, cuda_source
+    from ..tvm.library import cuda_kernel_names, cuda_source
 
     row = state.rows["jetson-orin-nano"]
     source = cuda_source(result.library)

@@ -57,7 +57,7 @@ def _run_tvm(model: Loaded, feeds: dict) -> dict:
     """Compiled for this CPU (the ``host`` preset) on first use, then from the compile cache."""
     from edgecnn.runtime.bundle import Bundle
 
-    from ..lower import cached_bundle
+    from ..tvm.bundle import cached_bundle
 
     path = cached_bundle(model.onnx_path or model.graph, "host",
                          log=lambda m: print(f"edgecnn run: {m}", file=sys.stderr, flush=True))

@@ -93,7 +93,7 @@ def run(args) -> int:
         if is_bundle(args.model):
             path, against = Path(args.model), args.against or "golden"
         else:
-            from ..lower import compile_model
+            from ..tvm.bundle import compile_model
 
             print(f"compiling {args.model} for {args.target}", file=sys.stderr)
             path = compile_model(args.model, args.target, Path(work) / "bundle", batch=args.batch)

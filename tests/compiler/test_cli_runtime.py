@@ -16,7 +16,7 @@ RTOL = ATOL = 1e-4
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
     """digits-cnn compiled for this machine at batch 2 (so runs of 1 and 3 samples are split and padded)."""
-    from edgecnn.compiler.lower import compile_model
+    from edgecnn.compiler.tvm.bundle import compile_model
 
     return compile_model("digits-cnn", "host", tmp_path_factory.mktemp("cli") / "digits", batch=2)
 

@@ -1,4 +1,4 @@
-"""Graph rewrites in ``lower.to_relax``: ONNX ``Sum`` as adds, per-channel affine ops folded into convs.
+"""Graph rewrites in ``frontend.to_relax``: ONNX ``Sum`` as adds, per-channel affine ops folded into convs.
 
 Each model is built with onnx.helper, compiled for the host and checked against onnxruntime on
 random data; the Relax module is inspected to see that the rewrite did (or did not) happen.
@@ -11,8 +11,8 @@ import tvm
 from onnx import TensorProto, helper, numpy_helper
 from tvm import relax
 
-from edgecnn.compiler import lower
-from edgecnn.targets import get_preset
+from edgecnn.compiler.tvm import frontend, pipelines
+from edgecnn.targets import get_preset, isa
 
 RTOL = ATOL = 1e-4
 
@@ -40,8 +40,8 @@ def _ops(mod) -> list[str]:
 
 
 def _check_against_onnxruntime(model, feeds):
-    mod = lower.to_relax(model)
-    executable, _ = lower.build(mod, get_preset("host"))
+    mod = frontend.to_relax(model)
+    executable, _ = pipelines.build(mod, get_preset("host"))
     vm = relax.VirtualMachine(executable, tvm.cpu())
     got = vm["main"](*[tvm.runtime.tensor(feeds[i.name]) for i in model.graph.input]).numpy()
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
@@ -123,9 +123,9 @@ def test_dropout_is_removed_at_inference():
 
 def test_output_channels_the_block_does_not_divide_are_padded_to_whole_blocks():
     # 72 = 4.5 blocks of 16: computed as 80 channels (8 on zero weights), sliced back to 72
-    from edgecnn.compiler.schedules import cpu
+    from edgecnn.compiler.tvm.schedules import cpu
 
-    if cpu.host_vector_lanes() < 8:
+    if isa.host_vector_lanes() < 8:
         pytest.skip("this CPU has no AVX2: the x86-64-avx2 preset's code cannot run here")
     preset = get_preset("x86-64-avx2")
     assert cpu.channel_block(preset.target()) == 16
@@ -135,19 +135,19 @@ def test_output_channels_the_block_does_not_divide_are_padded_to_whole_blocks():
     model = _model(nodes, [("x", [1, 16, 9, 9])], [1, 72, 9, 9],
                    [("w", rng.standard_normal([72, 16, 3, 3])), ("b", rng.standard_normal([72]))])
     feeds = {"x": rng.standard_normal([1, 16, 9, 9]).astype(np.float32)}
-    executable, lowered = lower.build(lower.to_relax(model), preset)
+    executable, lowered = pipelines.build(frontend.to_relax(model), preset)
     conv_outputs = [[int(d) for d in f.params[-1].shape] for g, f in lowered.functions_items()
                     if isinstance(f, tvm.tirx.PrimFunc) and "conv2d" in g.name_hint]
     assert conv_outputs == [[1, 5, 9, 9, 16]], conv_outputs
     got = relax.VirtualMachine(executable, tvm.cpu())["main"](tvm.runtime.tensor(feeds["x"])).numpy()
     expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(["y"], feeds)[0]
     np.testing.assert_allclose(got, expected, rtol=RTOL, atol=ATOL)
-    assert not cpu._padded_out_channels(40, 8, 16)  # 8 of 40 would be 20% wasted: narrower block
+    assert not cpu.padded_out_channels(40, 8, 16)  # 8 of 40 would be 20% wasted: narrower block
 
 
 @pytest.mark.parametrize("in_features,out_features", [(256, 40), (100, 7), (1000, 64)])
 def test_batch1_dense_runs_as_gemv_over_weight_rows(in_features, out_features):
-    from edgecnn.compiler.schedules import cpu
+    from edgecnn.compiler.tvm.schedules import cpu
 
     rng = np.random.default_rng(in_features)
     nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["g"], transB=1), helper.make_node("Relu", ["g"], ["y"])]
@@ -155,6 +155,6 @@ def test_batch1_dense_runs_as_gemv_over_weight_rows(in_features, out_features):
                    [("w", rng.standard_normal([out_features, in_features])), ("b", rng.standard_normal(out_features))])
     feeds = {"x": rng.standard_normal([1, in_features]).astype(np.float32)}
     _check_against_onnxruntime(model, feeds)
-    _, lowered = lower.build(lower.to_relax(model), get_preset("host"))
+    _, lowered = pipelines.build(frontend.to_relax(model), get_preset("host"))
     rules = {g.name_hint: cpu.rule_of(f) for g, f in lowered.functions_items() if isinstance(f, tvm.tirx.PrimFunc)}
     assert [r for n, r in rules.items() if "gemv" in n] == ["Gemv"], rules

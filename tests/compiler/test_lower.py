@@ -16,10 +16,15 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
-from edgecnn.compiler import lower, numpy_backend, zoo
-from edgecnn.compiler.schedules import cpu
+from edgecnn.compiler import numpy_backend, zoo
+from edgecnn.compiler.tvm import bundle as bundle_module
+from edgecnn.compiler.tvm import frontend, library, pipelines
+from edgecnn.compiler.tvm.bundle import compile_bundle
+from edgecnn.compiler.tvm.errors import CompileError
+from edgecnn.compiler.tvm.relax_helpers import call_tir_op, prim_funcs
+from edgecnn.compiler.tvm.schedules import cpu
 from edgecnn.runtime.bundle import Bundle
 from edgecnn.targets import get_preset
 
@@ -37,7 +42,7 @@ def compiled(tmp_path_factory):
         key = (model, preset, tuple(sorted(kw.items())))
         if key not in cache:
             out = root / f"{model}-{preset}-{len(cache)}"
-            cache[key] = lower.compile_bundle(model, preset, out, **kw)
+            cache[key] = compile_bundle(model, preset, out, **kw)
         return cache[key]
 
     return get
@@ -71,7 +76,7 @@ def test_host_bundle_matches_numpy_backend(compiled, name):
         np.testing.assert_allclose(outputs[k], reference[k], rtol=RTOL, atol=ATOL)
     # every conv of the bundle went through edgecnn's blocked rules (the Relax module the
     # CPU pipeline receives keeps conv2d a high-level op; legalized early it runs unblocked)
-    conv_rules = {cpu.rule_of(f) for n, f in lower.prim_funcs(result.relax_module).items() if "conv" in n}
+    conv_rules = {cpu.rule_of(f) for n, f in prim_funcs(result.relax_module).items() if "conv" in n}
     assert conv_rules and conv_rules <= {"BlockedConv", "WinogradConv"}, conv_rules
 
 
@@ -117,9 +122,9 @@ def test_static_batch_is_compiled_and_recorded(compiled):
 # -- constant folding: one build for all constant work ---------------------------------------------
 
 def test_fold_constants_leaves_no_constant_only_call():
-    source = lower.resolve_model("resnet8")
-    mod = lower.to_relax(source.onnx_model)  # BatchNorm statistics are constant work before folding
-    call_tir = lower._call_tir_op()
+    source = frontend.resolve_model("resnet8")
+    mod = frontend.to_relax(source.onnx_model)  # BatchNorm statistics are constant work before folding
+    call_tir = call_tir_op()
     import tvm
 
     for block in mod["main"].body.blocks:
@@ -144,7 +149,7 @@ def test_model_outside_the_ir_gets_onnxruntime_golden(tmp_path):
     # Sin is in TVM's importer but not in edgecnn's IR: the reference must come from onnxruntime.
     path = tmp_path / "sin.onnx"
     onnx.save(_onnx_model("Sin", [1, 3, 4, 4]), str(path))
-    result = lower.compile_bundle(path, "host", tmp_path / "bundle", batch=2)
+    result = compile_bundle(path, "host", tmp_path / "bundle", batch=2)
     assert result.manifest["golden"]["reference"] == "onnxruntime"
     inputs, _ = _golden(result.path)
     expected = np.sin(inputs["x"])
@@ -158,8 +163,8 @@ def test_unimportable_op_fails_cleanly_and_keeps_the_old_bundle(compiled, tmp_pa
     before = {p.name: p.read_bytes() for p in old.iterdir()}
     path = tmp_path / "det.onnx"
     onnx.save(_onnx_model("Det", [1, 3, 3], out_shape=["N"]), str(path))
-    with pytest.raises(lower.CompileError, match="Det"):
-        lower.compile_bundle(path, "host", old)
+    with pytest.raises(CompileError, match="Det"):
+        compile_bundle(path, "host", old)
     assert {p.name: p.read_bytes() for p in old.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle", "det.onnx"]  # no temporary left behind
 
@@ -171,13 +176,13 @@ def test_failure_while_writing_leaves_no_half_bundle(compiled, tmp_path, monkeyp
 
     def broken_link(executable, preset, path):
         path.write_bytes(b"half a library")
-        raise lower.CompileError("linker crashed")
+        raise CompileError("linker crashed")
 
-    monkeypatch.setattr(lower, "export_library", broken_link)
-    with pytest.raises(lower.CompileError, match="linker crashed"):
-        lower.compile_bundle("digits-cnn", "host", old)
-    with pytest.raises(lower.CompileError):
-        lower.compile_bundle("digits-cnn", "host", tmp_path / "new")
+    monkeypatch.setattr(bundle_module, "export_library", broken_link)
+    with pytest.raises(CompileError, match="linker crashed"):
+        compile_bundle("digits-cnn", "host", old)
+    with pytest.raises(CompileError):
+        compile_bundle("digits-cnn", "host", tmp_path / "new")
     assert {p.name: p.read_bytes() for p in old.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
 
@@ -190,7 +195,7 @@ def test_dynamic_non_batch_dimension_is_an_input_error(tmp_path):
     path = tmp_path / "dyn.onnx"
     onnx.save(model, str(path))
     with pytest.raises(InputError, match="dynamic dimension at axis 2"):
-        lower.compile_bundle(path, "host", tmp_path / "bundle")
+        compile_bundle(path, "host", tmp_path / "bundle")
     assert not (tmp_path / "bundle").exists()
 
 
@@ -229,7 +234,7 @@ POOL_OPS = {"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool"}
 
 
 def _called_prim_funcs(relax_module):
-    call_tir = lower._call_tir_op()
+    call_tir = call_tir_op()
     names = []
     for block in relax_module["main"].body.blocks:
         for binding in block.bindings:
@@ -244,7 +249,7 @@ def test_gpu_bundle_has_a_kernel_for_every_conv_and_pool(compiled, preset, name)
     if get_preset(preset).cross_compiler:
         _needs_cross_compiler()
     result = compiled(name, preset)
-    kernels = lower.cuda_kernel_names(lower.cuda_source(result.library))
+    kernels = library.cuda_kernel_names(library.cuda_source(result.library))
     called = _called_prim_funcs(result.relax_module)
     for fn in called:
         assert any(k == f"{fn}_kernel" or k.startswith(f"{fn}_kernel_") for k in kernels), \
@@ -268,7 +273,7 @@ def test_gpu_source_compiles_with_nvcc(compiled, tmp_path, preset, name):
         _needs_cross_compiler()
     result = compiled(name, preset)
     source = tmp_path / "kernels.cu"
-    source.write_text(lower.cuda_source(result.library))
+    source.write_text(library.cuda_source(result.library))
     arch = get_preset(preset).cuda_arch
     proc = subprocess.run([nvcc, "-cubin", f"-arch={arch}", "-w", "-o", str(tmp_path / "k.cubin"), str(source)],
                           capture_output=True, text=True, timeout=300)
@@ -280,14 +285,14 @@ def test_unscheduled_gpu_function_is_refused():
     from tvm import relax
 
     preset = get_preset("cuda")
-    mod = lower.to_relax(lower.resolve_model("digits-cnn").onnx_model)
+    mod = frontend.to_relax(frontend.resolve_model("digits-cnn").onnx_model)
     target = preset.target()
     with target:
         fused = relax.get_pipeline("zero")(mod)  # no GPU rules: nothing is bound to threads
-    with pytest.raises(lower.CompileError, match="no GPU schedule"):
-        lower.check_gpu_scheduled(fused, preset)
+    with pytest.raises(CompileError, match="no GPU schedule"):
+        pipelines.check_gpu_scheduled(fused, preset)
     with target:
-        lower.check_gpu_scheduled(lower.gpu_pipeline(target)(mod), preset)
+        pipelines.check_gpu_scheduled(pipelines.gpu_pipeline(target)(mod), preset)
 
 
 # -- the nine `light` models: ResNet-50 here, all nine in bench/light_models.py ---------------------
@@ -298,9 +303,9 @@ def test_unscheduled_gpu_function_is_refused():
 @pytest.mark.slow
 def test_resnet50_bundle_uses_blocked_kernels_and_matches_onnxruntime(tmp_path):
     path = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light" / "light_resnet50.onnx"
-    result = lower.compile_bundle(path, "host", tmp_path / "resnet50")
+    result = compile_bundle(path, "host", tmp_path / "resnet50")
     # the bundle carries edgecnn's blocked kernels, not TVM's unblocked fallback
-    rules = {cpu.rule_of(f) for f in lower.prim_funcs(result.relax_module).values()}
+    rules = {cpu.rule_of(f) for f in prim_funcs(result.relax_module).values()}
     assert {"BlockedConv", "WinogradConv"} <= rules, rules
     options = ort.SessionOptions()
     options.log_severity_level = 3

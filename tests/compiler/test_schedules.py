@@ -1,4 +1,5 @@
-"""Default CPU schedules (compiler/schedules/cpu.py) against the NumPy backend.
+"""Default CPU schedules (compiler/tvm/schedules/cpu/) against the NumPy backend, lowered
+through the same import and pipeline as ``edgecnn compile``.
 
 Every rule is checked numerically on small shapes: strides, pads (asymmetric too), dilation,
 groups and depthwise, 1x1, 5x5 and 7x7 kernels, odd sizes, 3-channel first layers and channel
@@ -19,7 +20,12 @@ tvm = pytest.importorskip("tvm")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from edgecnn.compiler import numpy_backend, onnx_io  # noqa: E402
-from edgecnn.compiler.schedules import cpu  # noqa: E402
+from edgecnn.compiler.tvm import frontend, pipelines, records  # noqa: E402
+from edgecnn.compiler.tvm.relax_helpers import prim_funcs  # noqa: E402
+from edgecnn.compiler.tvm.schedules import cpu  # noqa: E402
+# the legalization asks use_winograd; tests that force a choice patch it there
+from edgecnn.compiler.tvm.schedules.cpu import legalize  # noqa: E402
+from edgecnn.targets import isa  # noqa: E402
 
 RTOL = 1e-4
 ATOL = 1e-4
@@ -197,9 +203,8 @@ def _numpy_reference(model, feeds):
 
 
 def _lower(model, target):
-    from tvm.relax.frontend.onnx import from_onnx
-
-    return cpu.optimize_cpu(from_onnx(model, keep_params_in_input=False), target)
+    """The model through the CPU pipeline, as ``edgecnn compile`` lowers it (import included)."""
+    return pipelines.lower(frontend.to_relax(model), target)
 
 
 def _run(lowered, target, feeds):
@@ -219,10 +224,6 @@ def _assert_close(got, want, names):
         assert g.shape == w.shape, f"{name}: shape {g.shape} != reference {w.shape}"
         assert g.dtype == np.float32, f"{name}: dtype {g.dtype}"
         np.testing.assert_allclose(g, w, rtol=RTOL, atol=ATOL, err_msg=name)
-
-
-def _prim_funcs(lowered):
-    return {gv.name_hint: f for gv, f in lowered.functions_items() if isinstance(f, tvm.tirx.PrimFunc)}
 
 
 @pytest.fixture(scope="module")
@@ -265,13 +266,13 @@ def test_winograd_matches_numpy(conv_table, monkeypatch, lanes):
     """Every 3x3 stride-1 dense conv of the table forced through Winograd F(4x4, 3x3):
     odd sizes, padding, partial tiles, channel counts that do not divide the block."""
     _require_x86(lanes)
-    monkeypatch.setattr(cpu, "use_winograd", lambda *shape: True)
+    monkeypatch.setattr(legalize, "use_winograd", lambda *shape: True)
     model, feeds, reference = conv_table
     lowered = _lower(model, X86_TARGETS[lanes])
-    rules = {n: cpu.rule_of(f) for n, f in _prim_funcs(lowered).items() if "winograd" in n}
+    rules = {n: cpu.rule_of(f) for n, f in prim_funcs(lowered).items() if "winograd" in n}
     eligible = [c for c in CONV_CASES if c[3] == 3 and c[4] == 1 and c[6] == 1 and c[7] == 1]
     assert len(rules) == len(eligible) and set(rules.values()) == {"WinogradConv"}, rules
-    shapes = [tuple(int(d) for d in _prim_funcs(lowered)[n].params[-1].shape) for n in rules]
+    shapes = [tuple(int(d) for d in prim_funcs(lowered)[n].params[-1].shape) for n in rules]
     block = CHANNEL_BLOCK[lanes]
     assert (1, 64 // block, 8, 8, block) in shapes, shapes
     _assert_close(_run(lowered, X86_TARGETS[lanes], feeds), reference, [c[0] for c in CONV_CASES])
@@ -299,7 +300,7 @@ def test_chain_matches_numpy(lanes):
     model = chain_model()
     feeds = _feeds(model, seed=3)
     lowered = _lower(model, X86_TARGETS[lanes])
-    assert {cpu.rule_of(f) for n, f in _prim_funcs(lowered).items() if "conv" in n} <= {
+    assert {cpu.rule_of(f) for n, f in prim_funcs(lowered).items() if "conv" in n} <= {
         "BlockedConv", "WinogradConv"}
     _assert_close(_run(lowered, X86_TARGETS[lanes], feeds), _numpy_reference(model, feeds), ["logits"])
 
@@ -337,7 +338,7 @@ def test_parallel_convs_match_numpy_and_pad_in_parallel():
     model = parallel_conv_model()
     feeds = _feeds(model, seed=5)
     lowered = _lower(model, X86_TARGETS[lanes])
-    convs = {n: f for n, f in _prim_funcs(lowered).items() if "conv" in n}
+    convs = {n: f for n, f in prim_funcs(lowered).items() if "conv" in n}
     assert len(convs) == len(PARALLEL_CASES), sorted(convs)
     for name, func in convs.items():
         assert cpu.rule_of(func) == "BlockedConv", name
@@ -352,7 +353,7 @@ def test_parallel_convs_match_numpy_and_pad_in_parallel():
 
 
 def test_zoo_model_matches_numpy_through_compile_pipeline():
-    """The rules as lower.cpu_pipeline applies them, on a zoo model with BatchNorm and ReLU6."""
+    """The rules as pipelines.cpu_pipeline applies them, on a zoo model with BatchNorm and ReLU6."""
     from edgecnn.compiler import zoo
 
     lanes = _widest_x86_lanes()
@@ -369,7 +370,6 @@ def test_plain_rule_without_blocking_matches_numpy(conv_table):
     """PlainConv (NCHW register tiling) and Generic on NCHW pooling, applied to the zero
     pipeline's functions directly: the fallback path for any conv the layout passes leave."""
     from tvm import relax
-    from tvm.relax.frontend.onnx import from_onnx
     from tvm.s_tir import dlight
 
     lanes = _widest_x86_lanes()
@@ -379,8 +379,8 @@ def test_plain_rule_without_blocking_matches_numpy(conv_table):
         lowered = tvm.transform.Sequential([
             relax.get_pipeline("zero"),
             dlight.ApplyDefaultSchedule(cpu.PlainConv(lanes), cpu.Generic(lanes)),
-        ])(from_onnx(model, keep_params_in_input=False))
-    rules = {n: cpu.rule_of(f) for n, f in _prim_funcs(lowered).items() if "conv" in n}
+        ])(frontend.to_relax(model))
+    rules = {n: cpu.rule_of(f) for n, f in prim_funcs(lowered).items() if "conv" in n}
     assert rules and all(r == "PlainConv" for r in rules.values()), rules
     _assert_close(_run(lowered, X86_TARGETS[lanes], feeds), reference, [c[0] for c in CONV_CASES])
 
@@ -388,16 +388,16 @@ def test_plain_rule_without_blocking_matches_numpy(conv_table):
 # -- structure -----------------------------------------------------------------------------------
 
 def test_vector_lanes_follow_the_target():
-    assert cpu.vector_lanes(X86_TARGETS[16]) == 16
-    assert cpu.vector_lanes(X86_TARGETS[8]) == 8
-    assert cpu.vector_lanes(X86_TARGETS[4]) == 4
-    assert cpu.vector_lanes({"kind": "llvm", "mcpu": "skylake-avx512"}) == 16
-    assert cpu.vector_lanes({"kind": "llvm", "mcpu": "haswell"}) == 8
-    assert cpu.vector_lanes(AARCH64_TARGET) == 4
+    assert isa.vector_lanes(X86_TARGETS[16]) == 16
+    assert isa.vector_lanes(X86_TARGETS[8]) == 8
+    assert isa.vector_lanes(X86_TARGETS[4]) == 4
+    assert isa.vector_lanes({"kind": "llvm", "mcpu": "skylake-avx512"}) == 16
+    assert isa.vector_lanes({"kind": "llvm", "mcpu": "haswell"}) == 8
+    assert isa.vector_lanes(AARCH64_TARGET) == 4
 
 
 def test_every_function_is_scheduled_and_convs_use_conv_rules(lowered_by_lanes):
-    funcs = _prim_funcs(lowered_by_lanes(16))
+    funcs = prim_funcs(lowered_by_lanes(16))
     unscheduled = [n for n, f in funcs.items() if not (f.attrs and "tirx.is_scheduled" in f.attrs)]
     assert not unscheduled, f"left as scalar single-thread loops: {unscheduled}"
     conv_funcs = {n: cpu.rule_of(f) for n, f in funcs.items() if "conv" in n}
@@ -408,7 +408,7 @@ def test_every_function_is_scheduled_and_convs_use_conv_rules(lowered_by_lanes):
 
 @pytest.mark.parametrize("lanes", [16, 8, 4])
 def test_blocked_convs_use_the_target_vector_width(lowered_by_lanes, lanes):
-    funcs = _prim_funcs(lowered_by_lanes(lanes))
+    funcs = prim_funcs(lowered_by_lanes(lanes))
     blocked = {n: f for n, f in funcs.items() if "conv2d_nchwc" in n}
     assert blocked
     # the 16->32 3x3 conv: output (1, 32/block, 7, 9, block)
@@ -442,7 +442,7 @@ def test_rules_leave_what_they_cannot_schedule():
     """A conv rule given a function without a conv returns None (no schedule, no error)."""
     lowered = _lower(conv_table_model(), X86_TARGETS[16])
     target = tvm.target.Target(X86_TARGETS[16])
-    for name, func in _prim_funcs(lowered).items():
+    for name, func in prim_funcs(lowered).items():
         if "conv" in name:
             continue
         raw = func.without_attr("tirx.is_scheduled")
@@ -460,7 +460,7 @@ def test_aarch64_build_cross_compiles(tmp_path):
     if shutil.which("aarch64-linux-gnu-g++") is None:
         pytest.skip("aarch64-linux-gnu-g++ not found: apt-get install g++-aarch64-linux-gnu")
     lowered = _lower(chain_model(), AARCH64_TARGET)
-    funcs = _prim_funcs(lowered)
+    funcs = prim_funcs(lowered)
     assert any(cpu.rule_of(f) == "BlockedConv" for f in funcs.values())
     blocked = [f for n, f in funcs.items() if "conv2d_nchwc" in n]
     assert all(int(f.params[-1].shape[-1]) <= 4 for f in blocked)
@@ -476,11 +476,11 @@ def test_aarch64_numerics_under_emulation(tmp_path, monkeypatch, winograd):
     """NEON schedules (4 lanes) run under qemu and match the NumPy backend."""
     from edgecnn.runtime import emulate
 
-    monkeypatch.setattr(cpu, "use_winograd", lambda *shape: winograd)
+    monkeypatch.setattr(legalize, "use_winograd", lambda *shape: winograd)
     missing = emulate.missing_requirements()
     if missing:
         pytest.skip("aarch64 emulation unavailable: " + "; ".join(missing))
-    from edgecnn.compiler.lower import compile_model
+    from edgecnn.compiler.tvm.bundle import compile_model
 
     model = chain_model()
     path = tmp_path / "chain.onnx"
@@ -498,9 +498,6 @@ def test_aarch64_numerics_under_emulation(tmp_path, monkeypatch, winograd):
 def test_keep_faster_prefers_the_faster_schedule_per_function():
     """A 'record' that is the unscheduled loop nest (tens of times slower) is rejected; when the
     default is the slow one, the faster candidate is kept. Numerics hold either way."""
-    from tvm import relax
-    from tvm.relax.frontend.onnx import from_onnx
-
     lanes = _widest_x86_lanes()
     net = _Net(seed=6)
     x, _ = net.input((1, 32, 28, 28))
@@ -508,16 +505,15 @@ def test_keep_faster_prefers_the_faster_schedule_per_function():
     model = net.model()
     target = tvm.target.Target(X86_TARGETS[lanes])
     with target:
-        staged = tvm.transform.Sequential(cpu.cpu_graph_stage(target))(
-            from_onnx(model, keep_params_in_input=False))
-    fast = cpu.optimize_cpu(from_onnx(model, keep_params_in_input=False), target)
+        staged = pipelines.graph_stage("cpu", target)(frontend.to_relax(model))
+    fast = _lower(model, target)
     slow = tvm.IRModule({g: (f.with_attr("tirx.is_scheduled", True) if isinstance(f, tvm.tirx.PrimFunc) else f)
                          for g, f in staged.functions_items()}, attrs=staged.attrs)
-    conv = [n for n in cpu.record_scheduled(slow) if "conv" in n]
-    assert len(conv) == 1, cpu.record_scheduled(slow)
-    kept = cpu.keep_faster(fast, slow, target, conv)
+    conv = [n for n in records.record_scheduled(slow) if "conv" in n]
+    assert len(conv) == 1, records.record_scheduled(slow)
+    kept = records.keep_faster(fast, slow, target, conv)
     assert cpu.rule_of(kept[conv[0]]) is not None  # the default rule's schedule stayed
-    swapped = cpu.keep_faster(slow, fast, target, conv)
+    swapped = records.keep_faster(slow, fast, target, conv)
     assert cpu.rule_of(swapped[conv[0]]) is not None  # the faster candidate replaced the slow one
     feeds = _feeds(model, seed=7)
     reference = _numpy_reference(model, feeds)

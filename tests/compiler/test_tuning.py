@@ -8,8 +8,8 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edgecnn.compiler import lower, tuning
-from edgecnn.compiler.schedules import cpu
+from edgecnn.compiler.tvm.bundle import compile_bundle
+from edgecnn.compiler.tvm import frontend, pipelines, records, tuning
 from edgecnn.runtime.bundle import Bundle
 from edgecnn.targets import get_preset
 
@@ -71,14 +71,14 @@ def _matches_onnxruntime(bundle_dir):
 def test_second_compile_reuses_records_without_tuning(tmp_path):
     model = _tiny_conv(tmp_path / "tiny.onnx")
     db = tmp_path / "db"
-    first = lower.compile_bundle(model, "host", tmp_path / "b1", tune=2, tuning_db=db)
+    first = compile_bundle(model, "host", tmp_path / "b1", tune=2, tuning_db=db)
     assert first.manifest["tuning"]["trials"] == 2
     assert first.manifest["tuning"]["records"] >= 1
     _ships_what_it_says(first)
     _matches_onnxruntime(first.path)
 
     messages = []
-    second = lower.compile_bundle(model, "host", tmp_path / "b2", tune=2, tuning_db=db, log=messages.append)
+    second = compile_bundle(model, "host", tmp_path / "b2", tune=2, tuning_db=db, log=messages.append)
     manifest = json.loads((second.path / "manifest.json").read_text())
     assert manifest["tuning"]["trials"] == 0, "the second compile tuned again"
     assert manifest["tuning"]["records"] >= 1
@@ -93,7 +93,7 @@ def _ships_what_it_says(result):
     kept = result.manifest["tuning"]["kept"]
     assert kept in ("tuned", "default")
     assert result.manifest["tuning"]["applied"] is (kept == "tuned")
-    assert bool(cpu.record_scheduled(result.relax_module)) is (kept == "tuned")
+    assert bool(records.record_scheduled(result.relax_module)) is (kept == "tuned")
 
 
 def _conv_model(channels=32, size=32):
@@ -117,8 +117,8 @@ def test_compare_builds_ranks_a_slow_build_as_slow_in_either_order():
     import tvm
     from tvm import relax
 
-    relax_mod = lower.to_relax(_conv_model())
-    fast, _ = lower.build(relax_mod, get_preset("host"))
+    relax_mod = frontend.to_relax(_conv_model())
+    fast, _ = pipelines.build(relax_mod, get_preset("host"))
     target = get_preset("host").target()
     with target:  # TVM's own untuned pipeline: scalar loops, one thread (about 10-50x slower)
         slow = tvm.compile(relax.get_pipeline("zero")(relax_mod), target=target)
@@ -151,33 +151,33 @@ def test_a_slower_tuned_build_is_not_shipped(tmp_path, monkeypatch):
     # Records pass the per-function check in ways a whole model does not bear out (functions
     # timed alone, in their own caches): with that check let through, the whole-model
     # comparison alone must keep the default build.
-    monkeypatch.setattr(cpu, "keep_faster", lambda default, tuned, target, names: tuned)
+    monkeypatch.setattr(records, "keep_faster", lambda default, tuned, target, names: tuned)
     preset = get_preset("host")
-    relax_mod = lower.to_relax(_conv_model())
+    relax_mod = frontend.to_relax(_conv_model())
     database, count = _commit_unscheduled_records(relax_mod, preset, tmp_path / "db")
     assert count >= 1
     messages = []
-    executable, lowered, verdict = lower.build_with_records(relax_mod, preset, database, _feeds(),
+    executable, lowered, verdict = tuning.build_with_records(relax_mod, preset, database, _feeds(),
                                                             log=messages.append)
     assert verdict["kept"] == "default", verdict
     assert verdict["tuned_over_default"] > 1.5, verdict
-    assert not cpu.record_scheduled(lowered), "the shipped module holds the slow records"
+    assert not records.record_scheduled(lowered), "the shipped module holds the slow records"
     assert any("dropped" in m for m in messages)
     # with the check in place as well, nothing of the slow records survives either
     monkeypatch.undo()
-    _, lowered, verdict = lower.build_with_records(relax_mod, preset, database, _feeds())
+    _, lowered, verdict = tuning.build_with_records(relax_mod, preset, database, _feeds())
     assert verdict == {"kept": "default", "tuned_over_default": None}
-    assert not cpu.record_scheduled(lowered)
+    assert not records.record_scheduled(lowered)
 
 
 def test_compile_with_slow_records_ships_the_default_and_says_so(tmp_path, monkeypatch):
-    monkeypatch.setattr(cpu, "keep_faster", lambda default, tuned, target, names: tuned)
+    monkeypatch.setattr(records, "keep_faster", lambda default, tuned, target, names: tuned)
     model_path = tmp_path / "conv.onnx"
     onnx.save(_conv_model(), str(model_path))
     root = tmp_path / "db"
     preset = get_preset("host")
-    _commit_unscheduled_records(lower.to_relax(_conv_model()), preset, tuning.database_dir(root, preset))
-    result = lower.compile_bundle(model_path, "host", tmp_path / "bundle", tuning_db=root)
+    _commit_unscheduled_records(frontend.to_relax(_conv_model()), preset, tuning.database_dir(root, preset))
+    result = compile_bundle(model_path, "host", tmp_path / "bundle", tuning_db=root)
     info = result.manifest["tuning"]
     assert info["records"] >= 1 and info["trials"] == 0
     assert info["kept"] == "default" and info["applied"] is False and info["tuned_over_default"] > 1.5

@@ -150,6 +150,6 @@ def digits_bundle_aarch64(tmp_path_factory) -> Path:
     """The zoo's digits-cnn compiled by edgecnn for the aarch64 preset (batch 1)."""
     if shutil.which("aarch64-linux-gnu-g++") is None:
         pytest.skip("aarch64-linux-gnu-g++ not found: install it with `make system-deps`")
-    from edgecnn.compiler.lower import compile_model
+    from edgecnn.compiler.tvm.bundle import compile_model
 
     return compile_model("digits-cnn", "aarch64", tmp_path_factory.mktemp("bundles") / "digits-aarch64")

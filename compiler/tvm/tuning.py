@@ -18,6 +18,7 @@ and the tuned one is kept only if it is clearly faster (``KEEP_MARGIN``).
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -26,8 +27,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import tvm
+from tvm import relax
+
+from edgecnn.runtime import timing
 from edgecnn.runtime.errors import InputError, received
+from edgecnn.runtime.host import cache_root
 from edgecnn.targets import Preset, TargetError
+
+from .pipelines import build, graph_stage
+from .records import record_scheduled
 
 # Measurement settings for the local runner: a few repeats, short enough for 2-core machines.
 EVALUATOR = {"number": 3, "repeat": 1, "min_repeat_ms": 40, "enable_cpu_cache_flush": False}
@@ -45,8 +54,7 @@ COMPARE_ROUND_SECONDS = 0.03
 
 
 def default_db_root() -> Path:
-    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(cache) / "edgecnn" / "tuning"
+    return cache_root() / "tuning"
 
 
 def tuning_target(preset: Preset):
@@ -89,10 +97,8 @@ def extract_tasks(relax_mod, preset: Preset, target) -> list[Task]:
     from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.analysis import estimate_tir_flops
 
-    from .lower import graph_stage
-
     with target:
-        fused = graph_stage(preset, target)(relax_mod)
+        fused = graph_stage(preset.device, target)(relax_mod)
     tasks = []
     for t in ms.relax_integration.extract_tasks(fused, target):
         if t.mod.attrs is not None and t.mod.attrs.get("tirx.is_scheduled", False):
@@ -279,49 +285,42 @@ def prepare(relax_mod, preset: Preset, *, trials: int, db_root=None, log=None):
 
 
 def compare_builds(builds: dict, feeds: dict, *, rounds: int = COMPARE_ROUNDS) -> dict[str, float]:
-    """Each build's latency over the first one's (median over rounds of the per-round median
-    ratio), timed whole on ``feeds`` in this process.
+    """Each build's latency over the first one's (``timing.ratios_to``: median over rounds of
+    the per-round median ratio), timed whole on ``feeds`` in this process.
 
-    ``builds`` maps names to compiled Relax executables. Rounds alternate the order (on these
-    VMs a build timed second in a round ran 3-7% faster than an identical one timed first),
-    and each block starts after the previous one's pool threads have gone to sleep and warms
-    up first, as in ``edgecnn bench --compare``.
+    ``builds`` maps names to compiled Relax executables; they are timed by the project's one
+    harness (``edgecnn.runtime.timing.interleaved``), as ``edgecnn bench --compare`` times its
+    peers: order alternating, each block settled and warmed up, at least 3 calls a block.
     """
-    import statistics
-
-    import tvm
-    from tvm import relax
-
-    from edgecnn.runtime.bench import settle, warmup_calls
-
     runs = {}
     for name, executable in builds.items():
-        vm = relax.VirtualMachine(executable, tvm.cpu())
-        args = [tvm.runtime.tensor(v) for v in feeds.values()]
-        main = vm["main"]
-        runs[name] = (lambda main=main, args=args: main(*args))
-    calls, warm = {}, {}
-    for name, run in runs.items():
-        run()
-        start = time.perf_counter()
-        run()
-        once = max(time.perf_counter() - start, 1e-7)
-        calls[name] = max(3, min(1000, int(COMPARE_ROUND_SECONDS / once)))
-        warm[name] = warmup_calls(once)
-    order = list(runs)
-    per_round = {name: [] for name in order}
-    for index in range(rounds):
-        for name in (order if index % 2 == 0 else order[::-1]):
-            settle()
-            run = runs[name]
-            for _ in range(warm[name]):
-                run()
-            times = []
-            for _ in range(calls[name]):
-                start = time.perf_counter()
-                run()
-                times.append(time.perf_counter() - start)
-            per_round[name].append(statistics.median(times))
-    first = order[0]
-    return {name: statistics.median(a / b for a, b in zip(per_round[name], per_round[first]))
-            for name in order}
+        main = relax.VirtualMachine(executable, tvm.cpu())["main"]
+        runs[name] = functools.partial(main, *[tvm.runtime.tensor(v) for v in feeds.values()])
+    timings = timing.interleaved(runs, rounds=rounds, calls=3, round_seconds=COMPARE_ROUND_SECONDS)
+    return timing.ratios_to(timings, next(iter(builds)))
+
+
+def build_with_records(relax_mod, preset: Preset, database, feeds: dict, *, log=None):
+    """Build with ``database``'s tuning records and keep the result only if it is faster.
+
+    Where records changed the module and the preset runs on this machine, the default build is
+    made too and both are timed whole on ``feeds`` (``compare_builds``); the tuned one
+    is returned only if it beats the default by ``KEEP_MARGIN``, so tuning never makes
+    a bundle slower. Where the preset cannot run here the records are trusted (they were
+    measured on the device). Returns (executable, lowered, verdict); the verdict holds the
+    manifest's ``kept`` ("tuned" or "default") and ``tuned_over_default`` (None: not timed).
+    """
+    say = log or (lambda msg: None)
+    tuned_executable, tuned_lowered = build(relax_mod, preset, database=database)
+    if preset.device == "cpu" and not record_scheduled(tuned_lowered):
+        return tuned_executable, tuned_lowered, {"kept": "default", "tuned_over_default": None}
+    if preset.device != "cpu" or not preset.capabilities().run:
+        return tuned_executable, tuned_lowered, {"kept": "tuned", "tuned_over_default": None}
+    say("timing the tuned build against the default one")
+    default_executable, default_lowered = build(relax_mod, preset)
+    ratio = compare_builds({"default": default_executable, "tuned": tuned_executable}, feeds)["tuned"]
+    if ratio <= KEEP_MARGIN:
+        say(f"tuned build kept: {ratio:.3f}x the default's latency")
+        return tuned_executable, tuned_lowered, {"kept": "tuned", "tuned_over_default": round(ratio, 4)}
+    say(f"tuned build dropped: {ratio:.3f}x the default's latency (kept only at <= {KEEP_MARGIN})")
+    return default_executable, default_lowered, {"kept": "default", "tuned_over_default": round(ratio, 4)}

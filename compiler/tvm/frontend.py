@@ -1,0 +1,119 @@
+"""What is compiled, and its Relax form: a Graph, a saved model, a zoo name or an ONNX file
+becomes a static-shape ONNX model (``resolve_model``), which TVM's ONNX importer turns into a
+Relax module with the weights bound and constant work folded (``to_relax``).
+
+TVM only ever sees ONNX: our own graphs are exported first, so an external model and a zoo
+model take the same road.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+import tvm
+from tvm import relax
+from tvm.relax.frontend.onnx import from_onnx
+
+from edgecnn.compiler import onnx_io
+from edgecnn.compiler.ir import Graph
+from edgecnn.compiler.models import load_any
+from edgecnn.runtime.errors import EdgeCNNError, InputError, received
+
+from .errors import CompileError
+from .passes import fold_affine_into_conv, fold_constants, legalize_constant_work, simplify_imported_graph
+
+
+@dataclass
+class ModelSource:
+    """What is compiled: a static-shape ONNX model, plus the IR graph when we have one."""
+
+    onnx_model: object
+    name: str
+    graph: object | None  # edgecnn Graph, the NumPy reference; None when the importer rejects the model
+    graph_note: str = ""  # why there is no graph
+    metadata: dict = field(default_factory=dict)
+
+
+def model_inputs(model) -> list:
+    """The graph inputs that are not initializers: what a caller feeds."""
+    initializers = {t.name for t in model.graph.initializer}
+    return [i for i in model.graph.input if i.name not in initializers]
+
+
+def _fix_batch(model, batch: int):
+    """Pin the batch (first) dimension of every input; other dimensions must be static already."""
+    for inp in model_inputs(model):
+        t = inp.type.tensor_type
+        if t.elem_type != onnx.TensorProto.FLOAT:
+            raise InputError(f"ONNX input '{inp.name}' must be float32. "
+                             f"{received(dtype=onnx.TensorProto.DataType.Name(t.elem_type))}")
+        if not t.HasField("shape") or len(t.shape.dim) == 0:
+            raise InputError(f"ONNX input '{inp.name}' has no shape; edgecnn compiles static shapes")
+        dims = list(t.shape.dim)
+        first = dims[0]
+        if first.HasField("dim_value") and first.dim_value > 0 and first.dim_value != batch:
+            raise InputError(f"ONNX input '{inp.name}' has a fixed batch of {first.dim_value}; "
+                             f"compile it with --batch {first.dim_value}. {received(batch=batch)}")
+        for axis, d in enumerate(dims[1:], start=1):
+            if not (d.HasField("dim_value") and d.dim_value > 0):
+                raise InputError(f"ONNX input '{inp.name}' has a dynamic dimension at axis {axis}; "
+                                 f"edgecnn compiles static shapes. "
+                                 f"{received(shape=[x.dim_value or x.dim_param or '?' for x in dims])}")
+        first.ClearField("dim_param")
+        first.dim_value = batch
+    return model
+
+
+def resolve_model(model, *, batch: int = 1, opset: int = 17) -> ModelSource:
+    """A Graph, a saved-model directory, a zoo name or an ``.onnx`` path -> ModelSource."""
+    if isinstance(model, (str, Path)) and str(model).lower().endswith(".onnx"):
+        path = Path(model)
+        if not path.is_file():
+            raise InputError(f"ONNX file not found. {received(model=str(model))}")
+        try:
+            proto = onnx.load(str(path))
+        except Exception as exc:
+            raise InputError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})") from None
+        _fix_batch(proto, batch)
+        graph, note = None, ""
+        try:
+            graph = onnx_io.import_model(proto, name=path.stem)
+        except EdgeCNNError as exc:  # an op the IR lacks: onnxruntime gives the reference instead
+            note = str(exc)
+        metadata = dict(graph.metadata) if graph is not None else onnx_io.read_metadata(proto)
+        return ModelSource(proto, path.stem, graph, note, metadata)
+    if isinstance(model, Graph):
+        graph = model
+    else:
+        graph = load_any(str(model))
+    proto = onnx_io.export_model(graph, opset=opset, static_batch=batch)
+    return ModelSource(proto, graph.name, graph, "", dict(graph.metadata))
+
+
+def to_relax(onnx_model):
+    """ONNX -> a legalized Relax IRModule, weights bound and constant work folded.
+
+    Unsupported ops are named together in one CompileError.
+    """
+    try:
+        mod = from_onnx(onnx_model, keep_params_in_input=False, sanitize_input_names=False)
+    except tvm.error.OpNotImplemented as exc:
+        ops = sorted(set(re.findall(r"[A-Za-z_][\w.]*", str(exc).split(":", 1)[-1])))
+        nodes = [f"{n.name or '<unnamed>'} ({n.op_type})" for n in onnx_model.graph.node if n.op_type in ops]
+        raise CompileError(f"TVM's ONNX importer does not support op(s) {', '.join(ops)}; "
+                           f"nodes: {', '.join(nodes[:8])}{' ...' if len(nodes) > 8 else ''}") from None
+    except EdgeCNNError:
+        raise
+    except Exception as exc:
+        first_line = str(exc).strip().splitlines()[-1] if str(exc).strip() else ""
+        raise CompileError(f"TVM's ONNX importer rejected the model ({type(exc).__name__}: {first_line})") from None
+    inference = tvm.transform.Sequential([
+        relax.transform.DecomposeOpsForInference(),
+        simplify_imported_graph(),
+        relax.transform.DeadCodeElimination(),
+        relax.transform.CanonicalizeBindings(),
+        legalize_constant_work(),
+    ])
+    return fold_affine_into_conv(fold_constants(inference(mod)))

@@ -1,0 +1,47 @@
+"""Small questions asked of Relax IR by every pass and rule, answered once."""
+from __future__ import annotations
+
+import tvm
+from tvm import relax
+
+
+def static_shape(expr) -> list[int] | None:
+    """The dimensions of a tensor-valued expression, when all are known at compile time; else None."""
+    ty = getattr(expr, "ty", None)
+    shape = ty.shape if isinstance(ty, relax.TensorType) else None
+    values = getattr(shape, "values", None)
+    if values is None or not all(isinstance(d, tvm.tirx.IntImm) for d in values):
+        return None
+    return [int(d) for d in values]
+
+
+def op_name(expr) -> str | None:
+    """The name of the Relax op ``expr`` calls (``relax.add``, ...), None for anything else."""
+    return expr.op.name if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) else None
+
+
+def call_tir_op():
+    return tvm.ir.Op.get("relax.call_tir")
+
+
+def prim_funcs(mod) -> dict:
+    """The module's TensorIR functions by name."""
+    return {gv.name_hint: f for gv, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)}
+
+
+def copy_module(mod):
+    """A new IRModule with the same functions: passes that write into their input get their own."""
+    return tvm.IRModule(dict(mod.functions_items()), attrs=mod.attrs)
+
+
+def with_main(mod, main):
+    """``mod`` with its ``main`` replaced."""
+    return tvm.IRModule({gv: (main if gv.name_hint == "main" else f) for gv, f in mod.functions.items()})
+
+
+def rewrite_functions(mod, mutator):
+    """Run ``mutator`` (a ``PyExprMutator`` built on ``mod``) over each Relax function of ``mod``."""
+    for g_var, func in list(mod.functions_items()):
+        if isinstance(func, relax.Function):
+            mutator.builder_.update_func(g_var, mutator.visit_expr(func))
+    return mutator.builder_.get()

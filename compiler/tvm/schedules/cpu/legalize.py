@@ -1,0 +1,62 @@
+"""Relax ops in blocked layouts legalized to edgecnn's TE computes: each conv2d in NCHW{b}c goes
+to Winograd, the blocked direct conv or the depthwise conv by its shape; batch-1 dense layers
+to the GEMV. Anything else keeps TVM's default legalization."""
+from __future__ import annotations
+
+import re
+
+from tvm import relax
+from tvm.relax.transform.legalize_ops.nn import _nn_conv2d as _default_conv2d_legalize
+
+from edgecnn.compiler.tvm.relax_helpers import static_shape
+
+from .dense import legalize_matmul
+from .depthwise import blocked_depthwise_te
+from .direct import blocked_conv_te
+from .winograd import WINOGRAD_G, use_winograd, winograd_conv_te, winograd_weight_te
+
+
+_BLOCKED = re.compile(r"^NCHW(\d+)c$")
+
+
+def legalize_conv2d(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
+    attrs = call.attrs
+    data_match = _BLOCKED.match(str(attrs.data_layout))
+    plain_dtype = not attrs.out_dtype or str(attrs.out_dtype) in ("", "float32")
+    out_match = _BLOCKED.match(str(attrs.out_layout))
+    if data_match is None or out_match is None or not plain_dtype:
+        return _default_conv2d_legalize(bb, call)
+    block = int(data_match.group(1))
+    channels = int(call.args[0].ty.shape[1]) * block
+    args = (list(attrs.strides), list(attrs.padding), list(attrs.dilation))
+    groups = int(attrs.groups)
+    kernel_match = re.match(r"^OIHW(\d+)i(\d+)o$", str(attrs.kernel_layout))
+    out_channels = int(call.ty.shape[1]) * int(out_match.group(1))
+    weight_shape = static_shape(call.args[1])
+    out_shape = static_shape(call)
+    if (groups == 1 and kernel_match is not None and weight_shape is not None
+            and out_shape is not None and weight_shape[2:4] == [3, 3]
+            and [int(v) for v in attrs.strides] == [1, 1]
+            and [int(v) for v in attrs.dilation] == [1, 1]
+            and use_winograd(channels, out_channels, out_shape[2], out_shape[3])):
+        weight_t = bb.emit(bb.call_te(winograd_weight_te, call.args[1],
+                                      relax.const(WINOGRAD_G), primfunc_name_hint="winograd_weight"))
+        return bb.call_te(winograd_conv_te, call.args[0], weight_t, list(attrs.padding),
+                          primfunc_name_hint="conv2d_winograd_nchwc")
+    if (kernel_match is not None and int(kernel_match.group(1)) == block
+            and int(kernel_match.group(2)) == int(out_match.group(1))
+            and (groups == 1 or ((channels // groups) % block == 0
+                                 and (out_channels // groups) % int(out_match.group(1)) == 0
+                                 and not (groups == channels and block == 1)))):
+        return bb.call_te(blocked_conv_te, call.args[0], call.args[1], *args, groups,
+                          primfunc_name_hint="conv2d_nchwc")
+    if (int(attrs.groups) == channels and str(attrs.kernel_layout) == f"OIHW1i{block}o"
+            and out_match.group(1) == data_match.group(1)):
+        return bb.call_te(blocked_depthwise_te, call.args[0], call.args[1], *args,
+                          primfunc_name_hint="depthwise_conv2d_nchwc")
+    return _default_conv2d_legalize(bb, call)
+
+
+def legalize_map() -> dict:
+    """``LegalizeOps``' custom map for the CPU pipeline."""
+    return {"relax.nn.conv2d": legalize_conv2d, "relax.matmul": legalize_matmul}
