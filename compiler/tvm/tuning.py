@@ -265,20 +265,25 @@ def prepare(relax_mod, preset: Preset, *, trials: int, db_root=None, log=None):
         # One runner for all tasks: its worker processes import TVM once, which alone can exceed
         # MetaSchedule's default timeouts on a loaded 2-core machine.
         runner = ms.runner.LocalRunner(timeout_sec=RUN_TIMEOUT_S, evaluator_config=ms.runner.EvaluatorConfig(**EVALUATOR))
-        # MetaSchedule prints progress tables; keep stdout for the command's own output.
-        with _StopRequest() as stop, contextlib.redirect_stdout(sys.stderr):
-            builder = _in_process_builder(stop)
-            for n, (task, count) in enumerate(zip(todo, budget), start=1):
-                if stop.requested:
-                    break
-                if count == 0:
-                    continue
-                say(f"tuning task {n}/{len(todo)} {task.name} (weight {task.weight}, {task.flops:.3g} FLOP, "
-                    f"{count} trial(s); {time.perf_counter() - start:.0f} s so far)")
-                _tune_one(task, count, target, database, directory / "logs", builder, runner)
-        if stop.requested:
-            say(f"tuning interrupted: the {len(database) - before} record(s) measured so far are kept in {directory}")
-            raise KeyboardInterrupt
+        try:
+            # MetaSchedule prints progress tables; keep stdout for the command's own output.
+            with _StopRequest() as stop, contextlib.redirect_stdout(sys.stderr):
+                builder = _in_process_builder(stop)
+                for n, (task, count) in enumerate(zip(todo, budget), start=1):
+                    if stop.requested:
+                        break
+                    if count == 0:
+                        continue
+                    say(f"tuning task {n}/{len(todo)} {task.name} (weight {task.weight}, {task.flops:.3g} FLOP, "
+                        f"{count} trial(s); {time.perf_counter() - start:.0f} s so far)")
+                    _tune_one(task, count, target, database, directory / "logs", builder, runner)
+            if stop.requested:
+                say(f"tuning interrupted: the {len(database) - before} record(s) measured so far are kept in {directory}")
+                raise KeyboardInterrupt
+        finally:
+            # its worker process would otherwise live until garbage collection (or, held by a
+            # traceback's frame, longer)
+            runner.pool.shutdown()
     with_records = sum(has_record(database, t, target) for t in tasks)
     info = {"applied": with_records > 0, "records": with_records, "trials": len(database) - before}
     return database, info

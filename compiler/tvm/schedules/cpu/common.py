@@ -142,6 +142,15 @@ SHORT_REDUCTION = 64
 REDUCTION_WORK_SCALE = 16
 
 
+def accumulate_in_registers(sch, block) -> list:
+    """Let ``block`` accumulate in a local buffer (registers once its loops are tiled and
+    unrolled) with its elementwise consumers inlined into the store that copies it out; return
+    the store's loops, which the caller tiles and then moves the accumulation under."""
+    sch.cache_write(block, 0, "local")
+    store = inline_epilogue(sch, sch.get_consumers(block)[0])
+    return sch.get_loops(store)
+
+
 def block_work(sch, block) -> int:
     total = 1
     for iv in block_iters(sch, block):
@@ -292,10 +301,7 @@ def schedule_tiled(sch, block, lanes, parallel: bool | None = None,
     reg_w = best_tile(out_w, limit)
     if parallel is None:
         parallel = conv_work(sch, block) >= PARALLEL_MIN_WORK
-    sch.cache_write(block, 0, "local")
-    copy = sch.get_consumers(block)[0]
-    out = inline_epilogue(sch, copy)
-    loops = sch.get_loops(out)
+    loops = accumulate_in_registers(sch, block)
     if len(loops) != 5:
         return False
     a, b, c, x, vec = loops

@@ -15,7 +15,7 @@ from edgecnn.compiler.ops._shapes import output_size
 
 from .common import (
     DATA_PAR, NCHWC_CONV_BLOCK, NCHWC_DEPTHWISE_BLOCK, PARALLEL_MIN_WORK, REDUCE, SHORT_REDUCTION,
-    SafeRule, block_iters, conv_work, extent_of, has_block, inline_epilogue, loop_extent,
+    SafeRule, accumulate_in_registers, block_iters, conv_work, extent_of, has_block, loop_extent,
     other_block_names, reduction_extent, root_blocks, schedule_remaining, schedule_tiled, is_spatial,
 )
 
@@ -153,10 +153,7 @@ class PlainConv(SafeRule):
                 oc_tile = cand
                 break
         others = other_block_names(sch, conv)
-        sch.cache_write(conv, 0, "local")
-        copy = sch.get_consumers(conv)[0]
-        out = inline_epilogue(sch, copy)
-        loops = sch.get_loops(out)
+        loops = accumulate_in_registers(sch, conv)
         if len(loops) != 4:
             return False
         n, c, y, x = loops
