@@ -11,8 +11,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import InputError, received
-# compiler/tvm/tuning.py still takes these from here until it times through timing.interleaved
-from .timing import SETTLE_SECONDS, WARM_SECONDS, settle, warmup_calls  # noqa: F401
 
 
 @dataclass
