@@ -47,7 +47,9 @@ def legalize_conv2d(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
             and int(kernel_match.group(2)) == int(out_match.group(1))
             and (groups == 1 or ((channels // groups) % block == 0
                                  and (out_channels // groups) % int(out_match.group(1)) == 0
-                                 and not (groups == channels and block == 1)))):
+                                 # a true depthwise conv in NCHW1c goes to the depthwise compute;
+                                 # with a channel multiplier it is a grouped conv like any other
+                                 and not (groups == channels == out_channels and block == 1)))):
         return bb.call_te(blocked_conv_te, call.args[0], call.args[1], *args, groups,
                           primfunc_name_hint="conv2d_nchwc")
     if (int(attrs.groups) == channels and str(attrs.kernel_layout) == f"OIHW1i{block}o"
