@@ -262,6 +262,42 @@ def _has_external_data(model) -> bool:
     return any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
 
 
+#: The oldest default-domain opset onnxruntime runs (golden data and ``--backend onnxruntime`` need it).
+ONNXRUNTIME_MIN_OPSET = 7
+
+
+def upgrade_opset(model):
+    """``model`` at the lowest opset where edgecnn implements every op it uses and onnxruntime runs
+    it: converted with onnx's own ``version_converter`` when its opset is older, else unchanged.
+
+    PyTorch's old exports (opset 6: BatchNormalization, Gemm, PRelu) keep their meaning through the
+    converter, which rewrites the attributes and inputs that changed between opsets."""
+    opset = model_opset(model)
+    needed = max([ONNXRUNTIME_MIN_OPSET] + [REGISTRY[n.op_type].onnx_opsets[0] for n in model.graph.node
+                                          if n.domain in ("", "ai.onnx") and n.op_type in REGISTRY])
+    if opset >= needed:
+        return model
+    onnx = _onnx()
+    from onnx import version_converter
+
+    model = onnx.ModelProto.FromString(model.SerializeToString())  # the caller's copy stays as it was
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model).graph
+        ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in [*inferred.input, *inferred.value_info]
+                 if v.type.tensor_type.HasField("shape")}
+    except Exception:  # noqa: BLE001 - shape inference is a help here, not a requirement
+        ranks = {}
+    for node in model.graph.node:
+        if node.domain in ("", "ai.onnx") and node.op_type in REGISTRY:
+            REGISTRY[node.op_type].before_opset_upgrade(node, opset, model.graph, ranks)
+    try:
+        return version_converter.convert_version(model, needed)
+    except Exception as exc:  # the converter raises its C++ errors as plain RuntimeError/ValueError
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise InputError(f"the model's opset {opset} is older than edgecnn and onnxruntime read ({needed}), and "
+                         f"onnx's version converter cannot upgrade it: {reason}. Received: opset={opset}") from None
+
+
 def model_opset(model) -> int:
     """The version of the default ONNX operator set (ai.onnx) the model imports."""
     for imp in model.opset_import:
@@ -326,7 +362,7 @@ def _graph_inputs(g, constants: dict, problems: list[str]) -> list[TensorSpec]:
 def import_model(source, name: str | None = None) -> Graph:
     """An IR Graph from an ONNX file path, bytes or ModelProto."""
     onnx = _onnx()
-    model = load_onnx(source)
+    model = upgrade_opset(load_onnx(source))
     g = model.graph
     opset = model_opset(model)
 

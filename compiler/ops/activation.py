@@ -168,6 +168,24 @@ class PRelu(Op):
         dslope = unbroadcast(np.where(positive, 0, dy * x).astype(dy.dtype, copy=False), slope.shape)
         return [dx, dslope]
 
+    @classmethod
+    def before_opset_upgrade(cls, node, opset, graph, ranks):
+        """Before opset 7 a slope of C values was per channel (PyTorch's old exports); from 7 it
+        broadcasts from the last axis, and the version converter leaves it as it is: the slope
+        becomes (C, 1, ...) so it still lands on the channels."""
+        rank = ranks.get(node.input[0])
+        if opset >= 7 or len(node.input) < 2 or not rank or rank <= 2:
+            return
+        slope = node.input[1]
+        for init in graph.initializer:
+            if init.name == slope and len(init.dims) == 1 and init.dims[0] > 1:
+                init.dims[:] = [init.dims[0]] + [1] * (rank - 2)
+                # old files also list initializers among the graph inputs, with their shape
+                for declared in (i.type.tensor_type.shape for i in graph.input if i.name == slope):
+                    del declared.dim[:]
+                    for size in init.dims:
+                        declared.dim.add().dim_value = size
+
 
 @register
 class Sigmoid(Op):

@@ -126,6 +126,12 @@ class Op:
         return [onnx.helper.make_node(self.op_type, inputs, outputs, name=self.name, **self.onnx_attributes(opset))]
 
     @classmethod
+    def before_opset_upgrade(cls, node, opset: int, graph, ranks: dict) -> None:
+        """Rewrite ``node`` of ``graph`` (a GraphProto, in place) where onnx's version converter
+        would keep a form whose meaning changed since ``opset``. ``ranks`` maps tensor names to
+        their rank where shape inference knows it. Default: nothing changed."""
+
+    @classmethod
     def from_onnx(cls, node, opset: int, ctx) -> tuple[dict, list[str], list[str]]:
         """(attrs, inputs, outputs) of the IR node for an ONNX NodeProto.
 
