@@ -11,7 +11,8 @@ def add_arguments(parser):
     parser.add_argument("model", metavar="MODEL", help="zoo name, saved model directory or .onnx file")
     parser.add_argument("--target", required=True, metavar="PRESET", help="target preset (see `edgecnn targets`)")
     parser.add_argument("-o", "--output", required=True, metavar="BUNDLE", help="bundle directory to write")
-    parser.add_argument("--batch", type=int, default=1, help="static batch the bundle is compiled for (default 1)")
+    parser.add_argument("--batch", type=int, default=None, metavar="N",
+                        help="static batch the bundle is compiled for (default: the model's own fixed batch, else 1)")
     parser.add_argument("--tune", type=int, default=0, metavar="TRIALS",
                         help="MetaSchedule trials to spend on tasks without records (default 0: no tuning)")
     parser.add_argument("--tuning-db", default=None, metavar="DIR",

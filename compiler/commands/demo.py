@@ -292,7 +292,7 @@ def write_report(state: DemoState, summary_table: str, table: str, seconds: floa
         "## Model summary", "", "```", summary_table, "```", "",
         "## Latency", "", "![latency](latency.png)", "",
         "## Files", "",
-        f"- `train/`: metrics.json, curves.png, the trained model (graph.json + weights.npz)",
+        "- `train/`: metrics.json, curves.png, the trained model (graph.json + weights.npz)",
         f"- `{MODEL}.onnx`: the exported model",
         "- `bundles/<target>/`: model.so, manifest.json, golden.npz, model.onnx",
         "- `results.json`: every number above", "",

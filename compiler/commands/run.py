@@ -53,23 +53,11 @@ def _run_onnxruntime(model: Loaded, feeds: dict) -> dict:
     return dict(zip(names, session.run(names, feeds)))
 
 
-def _run_tvm(model: Loaded, feeds: dict) -> dict:
-    """Compiled for this CPU (the ``host`` preset) on first use, then from the compile cache."""
-    from edgecnn.runtime.bundle import Bundle
-
-    from ..tvm.bundle import cached_bundle
-
-    path = cached_bundle(model.onnx_path or model.graph, "host",
-                         log=lambda m: print(f"edgecnn run: {m}", file=sys.stderr, flush=True))
-    with Bundle.open(path) as bundle:
-        return bundle.run(feeds)
-
-
-#: backend name -> function(Loaded, feeds {input name: float32 array}) -> {output name: array}
+#: backend name -> function(Loaded, feeds {input name: float32 array}) -> {output name: array};
+#: ``tvm`` is not in it: it compiles the model and runs it as a bundle (:func:`run_compiled`)
 BACKENDS = {
     "numpy": _run_numpy,
     "onnxruntime": _run_onnxruntime,
-    "tvm": _run_tvm,
 }
 
 
@@ -79,8 +67,12 @@ def add_arguments(parser):
                         help="inputs: .npy (single-input models), .npz with one array per input name, or an "
                              "image (resized, scaled to [0, 1] and normalised with the model's preprocessing); "
                              "a sample without its batch dimension gets batch 1")
-    parser.add_argument("--backend", default="numpy", choices=sorted(BACKENDS),
-                        help="what computes the outputs (default: numpy)")
+    parser.add_argument("--backend", default="numpy", choices=sorted([*BACKENDS, "tvm"]),
+                        help="what computes the outputs (default: numpy); tvm compiles the model for this CPU "
+                             "once (cached) and runs the bundle")
+    parser.add_argument("--batch", type=int, default=None, metavar="N",
+                        help="with --backend tvm: the static batch it is compiled for (default: the model's own "
+                             "fixed batch, else the input's number of samples)")
     parser.add_argument("-o", "--output", metavar="OUT.npz", help="write the outputs, one array per output name")
     parser.add_argument("--top", type=int, default=5, metavar="K",
                         help="classes shown per sample for classifiers with labels (default 5)")
@@ -148,10 +140,58 @@ def run_bundle(args) -> int:
                   {"model": bundle.model_name, "bundle": str(bundle.path), "backend": "tvm", "where": where(args)})
 
 
+def _onnx_input_infos(path: Path) -> tuple[list, dict | None]:
+    """The inputs an ONNX file declares (a symbolic batch read as 1) and its preprocessing."""
+    from edgecnn.runtime.bundle import TensorInfo
+
+    from ..onnx_io import load_onnx, read_metadata
+
+    model = load_onnx(path)
+    initializers = {t.name for t in model.graph.initializer}
+    infos = [TensorInfo(i.name, tuple(d.dim_value if d.dim_value > 0 else 1 for d in i.type.tensor_type.shape.dim),
+                        "float32") for i in model.graph.input if i.name not in initializers]
+    return infos, read_metadata(model).get("preprocessing")
+
+
+def run_compiled(args) -> int:
+    """``--backend tvm``: the model compiled for this CPU (once: the compile cache keeps it) and
+    run as its bundle. An ONNX file goes to TVM as it is, whether or not the IR imports it."""
+    from edgecnn.runtime.bundle import Bundle, TensorInfo
+    from edgecnn.runtime.images import read_inputs as read_files
+    from edgecnn.runtime.images import top_k as ranked_classes
+
+    from ..models import load_any
+    from ..tvm.bundle import cached_bundle
+
+    path = Path(args.model)
+    if path.suffix.lower() == ".onnx" and path.is_file():
+        source, (infos, preprocessing) = path, _onnx_input_infos(path)
+    else:
+        source = load_any(args.model)
+        infos = [TensorInfo(spec.name, spec.concrete(1), spec.dtype) for spec in source.inputs]
+        preprocessing = source.metadata.get("preprocessing")
+    feeds = read_files(args.input, infos, preprocessing)
+    samples = next(iter(feeds.values())).shape[0] if feeds else 1
+    bundle_dir = cached_bundle(source, "host", batch=args.batch, default_batch=max(samples, 1),
+                               log=lambda m: print(f"edgecnn run: {m}", file=sys.stderr, flush=True))
+    with Bundle.open(bundle_dir) as bundle:
+        start = time.perf_counter()
+        outputs = bundle.run(feeds)
+        seconds = time.perf_counter() - start
+        ranked = ranked_classes(outputs, bundle.output_names, bundle.labels, args.top)
+    return report(args, f"{args.model} on tvm (batch {bundle.batch})", feeds, outputs, ranked, seconds,
+                  {"model": args.model, "backend": "tvm", "batch": bundle.batch})
+
+
 def run(args) -> int:
     if is_bundle(args.model):
         return run_bundle(args)
     reject_device_options(args)
+    if args.backend == "tvm":
+        return run_compiled(args)
+    if args.batch is not None:
+        raise InputError(f"--batch sets the static batch of a TVM build; it applies to --backend tvm only. "
+                         f"Received: backend={args.backend}, batch={args.batch}")
     model = load_model(args.model)
     graph = model.graph
     feeds = read_inputs(args.input, graph)

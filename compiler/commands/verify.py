@@ -34,7 +34,8 @@ def add_arguments(parser):
     parser.add_argument("--atol", type=float, help="absolute tolerance (default: the bundle's, 1e-4)")
     parser.add_argument("--target", default="host", metavar="PRESET",
                         help="preset to compile a MODEL for (default: host); see `edgecnn targets`")
-    parser.add_argument("--batch", type=int, default=1, help="static batch to compile a MODEL for (default 1)")
+    parser.add_argument("--batch", type=int, default=None, metavar="N",
+                        help="static batch to compile a MODEL for (default: the model's own fixed batch, else 1)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random input cases")
     parser.add_argument("--layerwise", action="store_true",
                         help="compare every layer's output and name the first that diverges")
@@ -67,7 +68,10 @@ def _layerwise(args) -> int:
     else:
         from ..models import load_any
 
-        graph, target, batch = load_any(args.model), args.target, args.batch
+        graph, target = load_any(args.model), args.target
+        # a fixed batch in the model (PyTorch exports pin theirs) unless --batch says otherwise
+        fixed = {spec.shape[0] for spec in graph.inputs if spec.shape and isinstance(spec.shape[0], int)}
+        batch = args.batch if args.batch is not None else (fixed.pop() if len(fixed) == 1 else 1)
         rtol, atol = _tolerances(args)
     if args.perturb_layer:
         print(f"note: the compiled copy is perturbed at layer '{args.perturb_layer}' (--perturb-layer)",

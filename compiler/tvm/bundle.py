@@ -34,7 +34,7 @@ from edgecnn.runtime.errors import InputError, received
 from edgecnn.runtime.host import cache_root, edgecnn_version
 from edgecnn.targets import Preset, get_preset
 
-from .errors import CompileError
+from .errors import CompileError, first_line
 from . import tuning
 from .frontend import ModelSource, model_inputs, resolve_model, to_relax
 from .pipelines import build
@@ -59,9 +59,14 @@ def golden_data(source: ModelSource, batch: int) -> tuple[dict, dict, str]:
         return feeds, {n: np.asarray(outputs[n], dtype=np.float32) for n in names}, "numpy"
     import onnxruntime as ort
 
-    session = ort.InferenceSession(source.onnx_model.SerializeToString(), providers=["CPUExecutionProvider"])
-    names = [o.name for o in session.get_outputs()]
-    results = session.run(names, feeds)
+    try:
+        session = ort.InferenceSession(source.onnx_model.SerializeToString(), providers=["CPUExecutionProvider"])
+        names = [o.name for o in session.get_outputs()]
+        results = session.run(names, feeds)
+    except Exception as exc:  # onnxruntime's exception types are not importable in a stable way
+        raise CompileError(f"no reference outputs for the golden data: the IR does not import the model "
+                           f"({first_line(source.graph_note)}) and onnxruntime cannot run it: "
+                           f"{first_line(str(exc))}") from None
     return feeds, {n: np.asarray(r, dtype=np.float32) for n, r in zip(names, results)}, "onnxruntime"
 
 
@@ -85,19 +90,24 @@ def export_library(executable, preset: Preset, path: Path) -> None:
         raise CompileError(f"linking model.so with {preset.linker()} failed: {lines[-1] if lines else exc}") from None
 
 
-def compile_bundle(model, target: str, out_dir, *, batch: int = 1, tune: int = 0, tuning_db=None,
-                   opset: int = 17, log=None) -> CompileResult:
-    """Compile ``model`` for the preset ``target`` into the bundle directory ``out_dir``."""
+def compile_bundle(model, target: str, out_dir, *, batch: int | None = None, default_batch: int = 1, tune: int = 0,
+                   tuning_db=None, opset: int = 17, log=None) -> CompileResult:
+    """Compile ``model`` for the preset ``target`` into the bundle directory ``out_dir``.
+
+    ``batch`` None compiles an ONNX model at its own fixed batch, and any other at ``default_batch``.
+    """
     start = time.perf_counter()
     preset = get_preset(target)
-    if not isinstance(batch, int) or batch < 1:
-        raise InputError(f"batch must be a positive integer. {received(batch=batch)}")
+    for name, value in (("batch", batch), ("default_batch", default_batch)):
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise InputError(f"{name} must be a positive integer. {received(**{name: value})}")
     if tune < 0:
         raise InputError(f"--tune takes a number of trials >= 0. {received(tune=tune)}")
     preset.require_buildable()
     say = log or (lambda msg: None)
 
-    source = resolve_model(model, batch=batch, opset=opset)
+    source = resolve_model(model, batch=batch, default_batch=default_batch, opset=opset)
+    batch = source.batch
     say(f"importing {source.name} into Relax")
     relax_mod = to_relax(source.onnx_model)
 
@@ -143,7 +153,7 @@ def compile_bundle(model, target: str, out_dir, *, batch: int = 1, tune: int = 0
     return CompileResult(out_dir, manifest, executable.mod, lowered)
 
 
-def compile_model(model, target: str, out_dir, *, batch: int = 1, tune: int = 0, tuning_db=None,
+def compile_model(model, target: str, out_dir, *, batch: int | None = None, tune: int = 0, tuning_db=None,
                   opset: int = 17) -> Path:
     """Compile to a bundle directory and return its path (see :func:`compile_bundle`)."""
     return compile_bundle(model, target, out_dir, batch=batch, tune=tune, tuning_db=tuning_db, opset=opset).path
@@ -153,11 +163,13 @@ def default_cache_root() -> Path:
     return cache_root() / "bundles"
 
 
-def cached_bundle(model, target: str = "host", *, cache_root=None, log=None) -> Path:
+def cached_bundle(model, target: str = "host", *, batch: int | None = None, default_batch: int = 1,
+                  cache_root=None, log=None) -> Path:
     """A bundle of ``model`` (a Graph or an ``.onnx`` path) for ``target``, compiled once and reused.
 
-    The key covers the exact ONNX bytes, the preset's full target and the edgecnn and TVM
-    versions, so a changed model, CPU or compiler gets a fresh bundle.
+    ``batch`` and ``default_batch`` as for :func:`compile_bundle`. The key covers the exact ONNX
+    bytes, the batch asked for, the preset's full target and the edgecnn and TVM versions, so a
+    changed model, batch, CPU or compiler gets a fresh bundle.
     """
     preset = get_preset(target)
     if isinstance(model, Graph):
@@ -165,9 +177,9 @@ def cached_bundle(model, target: str = "host", *, cache_root=None, log=None) -> 
     else:
         onnx_bytes = Path(model).read_bytes()
     key = hashlib.sha256(onnx_bytes)
-    key.update(json.dumps([preset.name, preset.target_json(), edgecnn_version(), tvm.__version__],
-                          sort_keys=True).encode())
+    key.update(json.dumps([preset.name, preset.target_json(), edgecnn_version(), tvm.__version__, batch,
+                           default_batch], sort_keys=True).encode())
     path = Path(cache_root or default_cache_root()) / f"{preset.name}-{key.hexdigest()[:24]}"
     if not (path / "manifest.json").is_file():
-        compile_bundle(model, target, path, log=log)
+        compile_bundle(model, target, path, batch=batch, default_batch=default_batch, log=log)
     return path

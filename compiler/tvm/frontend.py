@@ -21,7 +21,7 @@ from edgecnn.compiler.ir import Graph
 from edgecnn.compiler.models import load_any
 from edgecnn.runtime.errors import EdgeCNNError, InputError, received
 
-from .errors import CompileError
+from .errors import CompileError, tvm_failure
 from .passes import fold_affine_into_conv, fold_constants, legalize_constant_work, simplify_imported_graph
 
 
@@ -34,6 +34,7 @@ class ModelSource:
     graph: object | None  # edgecnn Graph, the NumPy reference; None when the importer rejects the model
     graph_note: str = ""  # why there is no graph
     metadata: dict = field(default_factory=dict)
+    batch: int = 1  # the static batch every input is pinned to
 
 
 def model_inputs(model) -> list:
@@ -42,9 +43,19 @@ def model_inputs(model) -> list:
     return [i for i in model.graph.input if i.name not in initializers]
 
 
-def _fix_batch(model, batch: int):
-    """Pin the batch (first) dimension of every input; other dimensions must be static already."""
-    for inp in model_inputs(model):
+def _fixed_batch(dim) -> int | None:
+    return dim.dim_value if dim.HasField("dim_value") and dim.dim_value > 0 else None
+
+
+def pin_batch(model, batch: int | None, *, default: int = 1) -> int:
+    """Pin the batch (first) dimension of every input and return it; the other dimensions must
+    be static already.
+
+    ``batch`` None takes the model's own fixed batch (PyTorch exports pin theirs), else
+    ``default``; a ``batch`` that contradicts a fixed one is an InputError naming both.
+    """
+    inputs = model_inputs(model)
+    for inp in inputs:
         t = inp.type.tensor_type
         if t.elem_type != onnx.TensorProto.FLOAT:
             raise InputError(f"ONNX input '{inp.name}' must be float32. "
@@ -52,44 +63,54 @@ def _fix_batch(model, batch: int):
         if not t.HasField("shape") or len(t.shape.dim) == 0:
             raise InputError(f"ONNX input '{inp.name}' has no shape; edgecnn compiles static shapes")
         dims = list(t.shape.dim)
-        first = dims[0]
-        if first.HasField("dim_value") and first.dim_value > 0 and first.dim_value != batch:
-            raise InputError(f"ONNX input '{inp.name}' has a fixed batch of {first.dim_value}; "
-                             f"compile it with --batch {first.dim_value}. {received(batch=batch)}")
         for axis, d in enumerate(dims[1:], start=1):
-            if not (d.HasField("dim_value") and d.dim_value > 0):
+            if _fixed_batch(d) is None:
                 raise InputError(f"ONNX input '{inp.name}' has a dynamic dimension at axis {axis}; "
                                  f"edgecnn compiles static shapes. "
                                  f"{received(shape=[x.dim_value or x.dim_param or '?' for x in dims])}")
+    fixed = {inp.name: _fixed_batch(inp.type.tensor_type.shape.dim[0]) for inp in inputs}
+    fixed = {name: value for name, value in fixed.items() if value is not None}
+    if batch is None:
+        if len(set(fixed.values())) > 1:
+            raise InputError(f"the model's inputs fix different batches; edgecnn compiles one batch for all. "
+                             f"{received(batches=fixed)}")
+        batch = next(iter(fixed.values()), default)
+    for name, value in fixed.items():
+        if value != batch:
+            raise InputError(f"ONNX input '{name}' has a fixed batch of {value}, which contradicts the batch "
+                             f"asked for ({batch}): drop --batch, or give --batch {value}. "
+                             f"{received(batch=batch, fixed_batch=value)}")
+    for inp in inputs:
+        first = inp.type.tensor_type.shape.dim[0]
         first.ClearField("dim_param")
         first.dim_value = batch
-    return model
+    return batch
 
 
-def resolve_model(model, *, batch: int = 1, opset: int = 17) -> ModelSource:
-    """A Graph, a saved-model directory, a zoo name or an ``.onnx`` path -> ModelSource."""
+def resolve_model(model, *, batch: int | None = None, default_batch: int = 1, opset: int = 17) -> ModelSource:
+    """A Graph, a saved-model directory, a zoo name or an ``.onnx`` path -> ModelSource.
+
+    ``batch`` None: an ONNX file's own fixed batch, else ``default_batch`` (see :func:`pin_batch`).
+    An ONNX file older than the opsets edgecnn and onnxruntime read is upgraded first
+    (``onnx_io.upgrade_opset``), so the IR, TVM and the golden run all see the same model.
+    """
     if isinstance(model, (str, Path)) and str(model).lower().endswith(".onnx"):
         path = Path(model)
         if not path.is_file():
             raise InputError(f"ONNX file not found. {received(model=str(model))}")
-        try:
-            proto = onnx.load(str(path))
-        except Exception as exc:
-            raise InputError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})") from None
-        _fix_batch(proto, batch)
+        proto = onnx_io.upgrade_opset(onnx_io.load_onnx(path))
+        pinned = pin_batch(proto, batch, default=default_batch)
         graph, note = None, ""
         try:
             graph = onnx_io.import_model(proto, name=path.stem)
         except EdgeCNNError as exc:  # an op the IR lacks: onnxruntime gives the reference instead
             note = str(exc)
         metadata = dict(graph.metadata) if graph is not None else onnx_io.read_metadata(proto)
-        return ModelSource(proto, path.stem, graph, note, metadata)
-    if isinstance(model, Graph):
-        graph = model
-    else:
-        graph = load_any(str(model))
-    proto = onnx_io.export_model(graph, opset=opset, static_batch=batch)
-    return ModelSource(proto, graph.name, graph, "", dict(graph.metadata))
+        return ModelSource(proto, path.stem, graph, note, metadata, pinned)
+    graph = model if isinstance(model, Graph) else load_any(str(model))
+    pinned = default_batch if batch is None else batch
+    proto = onnx_io.export_model(graph, opset=opset, static_batch=pinned)
+    return ModelSource(proto, graph.name, graph, "", dict(graph.metadata), pinned)
 
 
 def to_relax(onnx_model):
@@ -106,9 +127,8 @@ def to_relax(onnx_model):
                            f"nodes: {', '.join(nodes[:8])}{' ...' if len(nodes) > 8 else ''}") from None
     except EdgeCNNError:
         raise
-    except Exception as exc:
-        first_line = str(exc).strip().splitlines()[-1] if str(exc).strip() else ""
-        raise CompileError(f"TVM's ONNX importer rejected the model ({type(exc).__name__}: {first_line})") from None
+    except Exception as exc:  # TVM's importer raises plain and TVM-internal errors alike
+        raise tvm_failure("TVM's ONNX importer", None, exc) from None
     inference = tvm.transform.Sequential([
         relax.transform.DecomposeOpsForInference(),
         simplify_imported_graph(),
@@ -116,4 +136,7 @@ def to_relax(onnx_model):
         relax.transform.CanonicalizeBindings(),
         legalize_constant_work(),
     ])
-    return fold_affine_into_conv(fold_constants(inference(mod)))
+    try:
+        return fold_affine_into_conv(fold_constants(inference(mod)))
+    except Exception as exc:  # an InternalError in a rewrite or a constant fold
+        raise tvm_failure("the Relax graph rewrites", None, exc) from None

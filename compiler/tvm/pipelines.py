@@ -12,10 +12,11 @@ import tvm
 from tvm import relax
 from tvm.s_tir import dlight
 
+from edgecnn.runtime.errors import EdgeCNNError
 from edgecnn.targets import Preset
 from edgecnn.targets.isa import as_target, vector_lanes
 
-from .errors import CompileError
+from .errors import CompileError, tvm_failure
 from .records import schedule_with_records
 from .relax_helpers import prim_funcs
 from .schedules.cpu import channel_block, layout_passes, schedule_rules
@@ -86,9 +87,7 @@ def compile_lowered(lowered, target, preset_name: str):
     try:
         return tvm.compile(lowered, target=as_target(target))
     except Exception as exc:  # TVM raises its own error types, with multi-line dumps
-        lines = [x for x in str(exc).strip().splitlines() if x.strip()]
-        raise CompileError(f"tvm.compile failed for preset '{preset_name}' "
-                           f"({type(exc).__name__}: {lines[-1] if lines else ''})") from None
+        raise tvm_failure("tvm.compile", preset_name, exc) from None
 
 
 def build(relax_mod, preset: Preset, *, database=None):
@@ -97,7 +96,12 @@ def build(relax_mod, preset: Preset, *, database=None):
     Returns (executable, lowered module). This is what ``edgecnn compile`` runs.
     """
     target = preset.target()
-    lowered = lower(relax_mod, target, preset.device, database=database)
+    try:
+        lowered = lower(relax_mod, target, preset.device, database=database)
+    except EdgeCNNError:
+        raise
+    except Exception as exc:  # an InternalError deep in a pass, with TVM's whole stack dump
+        raise tvm_failure(f"the {preset.device} pipeline", preset.name, exc) from None
     if preset.is_gpu:
         check_gpu_scheduled(lowered, preset)
     return compile_lowered(lowered, target, preset.name), lowered
