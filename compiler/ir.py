@@ -166,6 +166,14 @@ class Graph:
                 return n
         return None
 
+    def fixed_batch(self) -> int | None:
+        """The batch every input fixes (an imported PyTorch export pins its own), None when the
+        batch is symbolic; inputs that fix different batches name each in a ModelDefinitionError."""
+        fixed = {spec.name: spec.shape[0] for spec in self.inputs if spec.shape and isinstance(spec.shape[0], int)}
+        if len(set(fixed.values())) > 1:
+            raise ModelDefinitionError(None, "the inputs fix different batches", batches=fixed)
+        return next(iter(fixed.values()), None)
+
     def trainable_params(self) -> list[str]:
         """Parameter names updated by gradients (BatchNorm running statistics excluded)."""
         state = set()

@@ -1,9 +1,10 @@
 """``edgecnn run MODEL --input FILE [--backend numpy|onnxruntime] [-o OUT.npz]``: inference.
 
 MODEL is a zoo name, a saved model directory, an ``.onnx`` file or a bundle directory (its
-compiled code runs, here, over RPC or under qemu: :func:`run_bundle`). Backends are entries of
-:data:`BACKENDS` (name -> function of a :class:`Loaded` model and its feeds), so adding one is
-adding an entry. Inputs are read as for bundles (``edgecnn.runtime.images.read_inputs``).
+compiled code runs, here, over RPC or under qemu: :func:`run_bundle`). In-process backends are
+entries of :data:`BACKENDS` (name -> function of a :class:`Loaded` model and its feeds), so
+adding one is adding an entry; ``--backend tvm`` compiles the model and runs its bundle
+(:func:`run_compiled`). Inputs are read as for bundles (``edgecnn.runtime.images.read_inputs``).
 """
 from __future__ import annotations
 
@@ -121,23 +122,29 @@ def top_k(graph, outputs: dict, k: int) -> list | None:
     return ranked(outputs, graph.outputs, graph.metadata.get("labels"), k)
 
 
+def _run_bundle_on(bundle, feeds: dict, args, title: str, facts: dict) -> int:
+    """Run an open bundle on ``feeds`` and report, as every bundle run of ``edgecnn run`` does."""
+    from edgecnn.runtime.images import top_k as ranked_classes
+
+    start = time.perf_counter()
+    outputs = bundle.run(feeds)
+    seconds = time.perf_counter() - start
+    ranked = ranked_classes(outputs, bundle.output_names, bundle.labels, getattr(args, "top", 5))
+    return report(args, title, feeds, outputs, ranked, seconds, facts)
+
+
 def run_bundle(args) -> int:
     """``edgecnn run BUNDLE --input FILE [-o OUT.npz]``: the compiled code on .npy/.npz/image inputs."""
     from edgecnn.runtime.images import read_inputs as read_files
-    from edgecnn.runtime.images import top_k as ranked_classes
 
     bundle = open_bundle(args.model, args)
     try:
         feeds = read_files(args.input, bundle.inputs, bundle.preprocessing)
-        start = time.perf_counter()
-        outputs = bundle.run(feeds)
-        seconds = time.perf_counter() - start
+        title = f"{bundle.model_name} bundle ({bundle.manifest['target'].get('preset')}, {where(args)})"
+        return _run_bundle_on(bundle, feeds, args, title, {"model": bundle.model_name, "bundle": str(bundle.path),
+                                                          "backend": "tvm", "where": where(args)})
     finally:
         bundle.close()
-    ranked = ranked_classes(outputs, bundle.output_names, bundle.labels, getattr(args, "top", 5))
-    title = f"{bundle.model_name} bundle ({bundle.manifest['target'].get('preset')}, {where(args)})"
-    return report(args, title, feeds, outputs, ranked, seconds,
-                  {"model": bundle.model_name, "bundle": str(bundle.path), "backend": "tvm", "where": where(args)})
 
 
 def _onnx_input_infos(path: Path) -> tuple[list, dict | None]:
@@ -145,11 +152,11 @@ def _onnx_input_infos(path: Path) -> tuple[list, dict | None]:
     from edgecnn.runtime.bundle import TensorInfo
 
     from ..onnx_io import load_onnx, read_metadata
+    from ..tvm.frontend import model_inputs
 
     model = load_onnx(path)
-    initializers = {t.name for t in model.graph.initializer}
     infos = [TensorInfo(i.name, tuple(d.dim_value if d.dim_value > 0 else 1 for d in i.type.tensor_type.shape.dim),
-                        "float32") for i in model.graph.input if i.name not in initializers]
+                        "float32") for i in model_inputs(model)]
     return infos, read_metadata(model).get("preprocessing")
 
 
@@ -158,7 +165,6 @@ def run_compiled(args) -> int:
     run as its bundle. An ONNX file goes to TVM as it is, whether or not the IR imports it."""
     from edgecnn.runtime.bundle import Bundle, TensorInfo
     from edgecnn.runtime.images import read_inputs as read_files
-    from edgecnn.runtime.images import top_k as ranked_classes
 
     from ..models import load_any
     from ..tvm.bundle import cached_bundle
@@ -175,12 +181,8 @@ def run_compiled(args) -> int:
     bundle_dir = cached_bundle(source, "host", batch=args.batch, default_batch=max(samples, 1),
                                log=lambda m: print(f"edgecnn run: {m}", file=sys.stderr, flush=True))
     with Bundle.open(bundle_dir) as bundle:
-        start = time.perf_counter()
-        outputs = bundle.run(feeds)
-        seconds = time.perf_counter() - start
-        ranked = ranked_classes(outputs, bundle.output_names, bundle.labels, args.top)
-    return report(args, f"{args.model} on tvm (batch {bundle.batch})", feeds, outputs, ranked, seconds,
-                  {"model": args.model, "backend": "tvm", "batch": bundle.batch})
+        return _run_bundle_on(bundle, feeds, args, f"{args.model} on tvm (batch {bundle.batch})",
+                              {"model": args.model, "backend": "tvm", "batch": bundle.batch})
 
 
 def run(args) -> int:

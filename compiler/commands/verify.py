@@ -69,9 +69,7 @@ def _layerwise(args) -> int:
         from ..models import load_any
 
         graph, target = load_any(args.model), args.target
-        # a fixed batch in the model (PyTorch exports pin theirs) unless --batch says otherwise
-        fixed = {spec.shape[0] for spec in graph.inputs if spec.shape and isinstance(spec.shape[0], int)}
-        batch = args.batch if args.batch is not None else (fixed.pop() if len(fixed) == 1 else 1)
+        batch = args.batch if args.batch is not None else (graph.fixed_batch() or 1)
         rtol, atol = _tolerances(args)
     if args.perturb_layer:
         print(f"note: the compiled copy is perturbed at layer '{args.perturb_layer}' (--perturb-layer)",

@@ -36,7 +36,7 @@ from edgecnn.targets import Preset, get_preset
 
 from .errors import CompileError, first_line
 from . import tuning
-from .frontend import ModelSource, model_inputs, resolve_model, to_relax
+from .frontend import ModelSource, fixed_batch, model_inputs, resolve_model, to_relax
 from .pipelines import build
 
 
@@ -174,12 +174,16 @@ def cached_bundle(model, target: str = "host", *, batch: int | None = None, defa
     preset = get_preset(target)
     if isinstance(model, Graph):
         onnx_bytes = onnx_io.export_model(model, static_batch=1).SerializeToString()
+        fixed = model.fixed_batch()
     else:
         onnx_bytes = Path(model).read_bytes()
+        fixed = fixed_batch(onnx_io.load_onnx(onnx_bytes))
+    # keyed by the batch compiled, so a fixed-batch model is compiled once whatever the input's size
+    compiled_batch = batch if batch is not None else (fixed or default_batch)
     key = hashlib.sha256(onnx_bytes)
-    key.update(json.dumps([preset.name, preset.target_json(), edgecnn_version(), tvm.__version__, batch,
-                           default_batch], sort_keys=True).encode())
+    key.update(json.dumps([preset.name, preset.target_json(), edgecnn_version(), tvm.__version__, compiled_batch],
+                          sort_keys=True).encode())
     path = Path(cache_root or default_cache_root()) / f"{preset.name}-{key.hexdigest()[:24]}"
     if not (path / "manifest.json").is_file():
-        compile_bundle(model, target, path, batch=batch, default_batch=default_batch, log=log)
+        compile_bundle(model, target, path, batch=compiled_batch, log=log)
     return path

@@ -47,6 +47,21 @@ def _fixed_batch(dim) -> int | None:
     return dim.dim_value if dim.HasField("dim_value") and dim.dim_value > 0 else None
 
 
+def _fixed_batches(model) -> dict[str, int]:
+    """Input name -> its fixed batch, for the inputs that fix one."""
+    dims = {inp.name: inp.type.tensor_type.shape.dim for inp in model_inputs(model)}
+    return {name: b for name, d in dims.items() if len(d) and (b := _fixed_batch(d[0])) is not None}
+
+
+def fixed_batch(model) -> int | None:
+    """The batch an ONNX model's inputs fix (PyTorch exports pin theirs), None when symbolic."""
+    fixed = _fixed_batches(model)
+    if len(set(fixed.values())) > 1:
+        raise InputError(f"the model's inputs fix different batches; edgecnn compiles one batch for all. "
+                         f"{received(batches=fixed)}")
+    return next(iter(fixed.values()), None)
+
+
 def pin_batch(model, batch: int | None, *, default: int = 1) -> int:
     """Pin the batch (first) dimension of every input and return it; the other dimensions must
     be static already.
@@ -68,13 +83,9 @@ def pin_batch(model, batch: int | None, *, default: int = 1) -> int:
                 raise InputError(f"ONNX input '{inp.name}' has a dynamic dimension at axis {axis}; "
                                  f"edgecnn compiles static shapes. "
                                  f"{received(shape=[x.dim_value or x.dim_param or '?' for x in dims])}")
-    fixed = {inp.name: _fixed_batch(inp.type.tensor_type.shape.dim[0]) for inp in inputs}
-    fixed = {name: value for name, value in fixed.items() if value is not None}
+    fixed = _fixed_batches(model)
     if batch is None:
-        if len(set(fixed.values())) > 1:
-            raise InputError(f"the model's inputs fix different batches; edgecnn compiles one batch for all. "
-                             f"{received(batches=fixed)}")
-        batch = next(iter(fixed.values()), default)
+        batch = fixed_batch(model) or default
     for name, value in fixed.items():
         if value != batch:
             raise InputError(f"ONNX input '{name}' has a fixed batch of {value}, which contradicts the batch "
@@ -108,7 +119,7 @@ def resolve_model(model, *, batch: int | None = None, default_batch: int = 1, op
         metadata = dict(graph.metadata) if graph is not None else onnx_io.read_metadata(proto)
         return ModelSource(proto, path.stem, graph, note, metadata, pinned)
     graph = model if isinstance(model, Graph) else load_any(str(model))
-    pinned = default_batch if batch is None else batch
+    pinned = batch if batch is not None else (graph.fixed_batch() or default_batch)
     proto = onnx_io.export_model(graph, opset=opset, static_batch=pinned)
     return ModelSource(proto, graph.name, graph, "", dict(graph.metadata), pinned)
 

@@ -48,7 +48,8 @@ def test_forward_matches_onnx_reference(forward_case, case_inputs, export_contex
     model = _single_node_model(nodes, dict(zip(names, inputs)), [expected_shape], initializers, opset,
                                case.onnx_shape_inference)
     if case.reference == "onnxruntime":
-        ort = pytest.importorskip("onnxruntime", reason="onnxruntime is the reference for this case")
+        import onnxruntime as ort
+
         session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
         (ref,) = session.run(None, dict(zip(names, inputs)))
     else:

@@ -12,20 +12,18 @@ under qemu when the emulation runtime is installed.
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
+import tvm
+from onnx import TensorProto, helper, numpy_helper
 
-onnx = pytest.importorskip("onnx")
-tvm = pytest.importorskip("tvm")
-
-from onnx import TensorProto, helper, numpy_helper  # noqa: E402
-
-from edgecnn.compiler import numpy_backend, onnx_io  # noqa: E402
-from edgecnn.compiler.tvm import frontend, pipelines, records  # noqa: E402
-from edgecnn.compiler.tvm.relax_helpers import prim_funcs  # noqa: E402
-from edgecnn.compiler.tvm.schedules import cpu  # noqa: E402
+from edgecnn.compiler import numpy_backend, onnx_io
+from edgecnn.compiler.tvm import frontend, pipelines, records
+from edgecnn.compiler.tvm.relax_helpers import prim_funcs
+from edgecnn.compiler.tvm.schedules import cpu
 # the legalization asks use_winograd; tests that force a choice patch it there
-from edgecnn.compiler.tvm.schedules.cpu import legalize  # noqa: E402
-from edgecnn.targets import isa  # noqa: E402
+from edgecnn.compiler.tvm.schedules.cpu import legalize
+from edgecnn.targets import isa
 
 RTOL = 1e-4
 ATOL = 1e-4

@@ -282,7 +282,6 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
 
 
 def test_fine_tune_saved_and_onnx_models(tmp_path, capsys):
-    pytest.importorskip("onnx", reason="ONNX export needs the onnx package")
     from edgecnn.compiler.onnx_io import save_onnx
 
     spec = small_digits(tmp_path)

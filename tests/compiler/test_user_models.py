@@ -159,3 +159,18 @@ def test_batch_on_run_is_for_the_tvm_backend_only(tmp_path, capsys):
     np.save(tmp_path / "x.npy", np.zeros((1, 3, 4, 4), np.float32))
     assert main(["run", str(path), "--backend", "numpy", "--batch", "2", "--input", str(tmp_path / "x.npy")]) == 2
     assert "--backend tvm" in capsys.readouterr().err
+
+
+def test_run_on_tvm_compiles_a_fixed_batch_model_once_whatever_the_input_size(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    path = tmp_path / "relu2.onnx"
+    onnx.save(_relu_model(2), str(path))
+    for samples in (3, 2):
+        x = np.random.default_rng(samples).standard_normal((samples, 3, 4, 4)).astype(np.float32)
+        np.save(tmp_path / "x.npy", x)
+        assert main(["run", str(path), "--backend", "tvm", "--input", str(tmp_path / "x.npy"),
+                     "-o", str(tmp_path / "y.npz")]) == 0
+        with np.load(tmp_path / "y.npz") as out:
+            np.testing.assert_array_equal(out["y"], np.maximum(x, 0))
+    capsys.readouterr()
+    assert len(list((tmp_path / "cache" / "edgecnn" / "bundles").iterdir())) == 1
