@@ -35,6 +35,7 @@ from edgecnn.runtime.jsonable import jsonable
 from .errors import ModelDefinitionError, UnsupportedOpError
 from .fileio import write_bytes
 from .ir import Graph, Node, TensorSpec
+from .onnx_fold import fold_constant_subgraphs
 from .onnx_graph import CONSTANT_SOURCES, sorted_nodes, tensor_to_array, uniquely_named
 from .ops.base import REGISTRY, RunContext, make_op
 
@@ -362,7 +363,7 @@ def _graph_inputs(g, constants: dict, problems: list[str]) -> list[TensorSpec]:
 def import_model(source, name: str | None = None) -> Graph:
     """An IR Graph from an ONNX file path, bytes or ModelProto."""
     onnx = _onnx()
-    model = upgrade_opset(load_onnx(source))
+    model = fold_constant_subgraphs(upgrade_opset(load_onnx(source)))
     g = model.graph
     opset = model_opset(model)
 
@@ -527,9 +528,11 @@ def _unsupported(problems: list[str], unknown_nodes: list[tuple[str, str]], opse
 
 
 def _param_array(value: np.ndarray) -> np.ndarray:
+    """A parameter the graph owns: float32, and writable (training updates it in place; arrays
+    read from protobuf memory are read-only views)."""
     if np.issubdtype(value.dtype, np.floating):
-        return np.asarray(value, dtype=np.float32)
-    return np.asarray(value)
+        value = np.asarray(value, dtype=np.float32)
+    return value if value.flags.writeable else value.copy()
 
 
 def _fold(ir_node: Node, constants: dict) -> dict | None:

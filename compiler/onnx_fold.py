@@ -1,0 +1,230 @@
+"""Shape subgraphs folded on the ONNX graph, before either road imports it.
+
+Exporters compute reshape targets, pads and slice bounds at run time: PyTorch's channel shuffle
+is ``Shape -> Gather -> Div -> Concat -> Reshape``, a reflect pad of a traced module is
+``Slice/Transpose/Cast`` on its pads. Where the shapes are static those values are constants,
+and :func:`fold_constant_subgraphs` replaces every node whose inputs are all known by an
+initializer holding its output, so the IR and TVM see static reshapes, pads and slices.
+
+The nodes are evaluated by onnx's own ``ReferenceEvaluator`` (the spec's executable semantics,
+no second implementation of any op here) and ``Shape``/``Size`` are read from onnx's shape
+inference. A ``Shape`` of a tensor with a symbolic batch is partly known: a ``Gather`` or
+``Slice`` that picks only its static entries still folds. Quantization, random and
+control-flow ops are never folded (a QDQ model keeps its structure).
+
+onnxsim and onnxslim do this too, but fuse and rewrite other patterns on the way, pull in
+compiled or large dependencies, and would be a second source of truth for op semantics.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from edgecnn.runtime.errors import InputError
+
+from .onnx_graph import constant_node_value, tensor_to_array
+
+#: Never evaluated ahead of time: quantization keeps its QDQ structure for the integer kernels,
+#: random ops must draw at run time, control flow carries subgraphs.
+NEVER_FOLD = frozenset({
+    "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear",
+    "RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial", "Bernoulli",
+    "If", "Loop", "Scan",
+})
+#: Pass-throughs that the importers already resolve without copying a (possibly large) constant.
+PASS_THROUGH = frozenset({"Identity"})
+#: A folded output larger than this stays computed: folding must not bloat the file.
+MAX_FOLDED_ELEMENTS = 1 << 22
+#: Index-selecting ops that may fold on a partly known shape vector.
+SELECTS_ENTRIES = frozenset({"Gather", "Slice"})
+# Constant inputs up to this size are kept when shape inference looks at the graph (it reads
+# reshape targets and the like); larger weights are passed by type only, which is all it needs.
+_SMALL_CONSTANT = 4096
+
+
+def _default_domain(node) -> bool:
+    return node.domain in ("", "ai.onnx")
+
+
+def _static_shapes(model) -> dict:
+    """Tensor name -> tuple of dims (int, or None where unknown) from onnx's shape inference."""
+    import onnx
+
+    light = _without_big_weights(model)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(light, data_prop=True).graph
+    except Exception:  # noqa: BLE001 - a model shape inference rejects simply folds less
+        inferred = light.graph
+    shapes = {}
+    for vi in [*inferred.input, *inferred.value_info, *inferred.output]:
+        t = vi.type.tensor_type
+        if vi.type.HasField("tensor_type") and t.HasField("shape"):
+            shapes[vi.name] = tuple(d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim)
+    for t in model.graph.initializer:
+        shapes[t.name] = tuple(int(d) for d in t.dims)
+    return shapes
+
+
+def _without_big_weights(model):
+    """A copy of ``model`` whose large initializers are typed graph inputs instead."""
+    import onnx
+
+    light = onnx.ModelProto(ir_version=model.ir_version, opset_import=model.opset_import)
+    light.graph.CopyFrom(onnx.GraphProto(name=model.graph.name, node=model.graph.node,
+                                         input=model.graph.input, output=model.graph.output,
+                                         value_info=model.graph.value_info))
+    declared = {i.name for i in model.graph.input}
+    for t in model.graph.initializer:
+        if int(np.prod(t.dims)) <= _SMALL_CONSTANT:
+            light.graph.initializer.append(t)
+        elif t.name not in declared:
+            light.graph.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    return light
+
+
+def _evaluate(node, values: list, opset: int) -> list[np.ndarray]:
+    from onnx.reference import ReferenceEvaluator
+
+    feeds = {name: value for name, value in zip(node.input, values) if name}
+    try:
+        outputs = ReferenceEvaluator(node, opsets={"": opset}).run(None, feeds)
+    except Exception as exc:  # noqa: BLE001 - the evaluator raises whatever NumPy raises
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise InputError(f"node '{node.name}' ({node.op_type}) computes from constants only, and evaluating it "
+                         f"fails: {reason}. Received: input shapes={[np.shape(v) for v in values]}") from None
+    return [np.asarray(o) for o in outputs]
+
+
+def _shape_value(node, shape) -> tuple | None:
+    """A ``Shape`` node's output as a tuple with None for unknown entries (opset 15's start/end)."""
+    import onnx
+
+    if shape is None:
+        return None
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    return tuple(shape)[slice(attrs.get("start", 0), attrs.get("end"))]
+
+
+def _select_partial(node, partial: tuple, others: list, opset: int) -> np.ndarray | None:
+    """Gather/Slice on a partly known shape vector: evaluated on the entries' positions, folded
+    when every selected entry is known."""
+    positions = np.arange(len(partial), dtype=np.int64)
+    picked = _evaluate(node, [positions, *others], opset)[0]
+    chosen = [partial[i] for i in picked.reshape(-1)]
+    if any(d is None for d in chosen):
+        return None
+    return np.asarray(chosen, dtype=np.int64).reshape(picked.shape)
+
+
+def fold_constant_subgraphs(model):
+    """``model`` with its constant-computable nodes replaced by initializers (a copy), or
+    ``model`` itself when nothing folds."""
+    import onnx
+
+    g = model.graph
+    opset = next((int(i.version) for i in model.opset_import if i.domain in ("", "ai.onnx")), None)
+    if opset is None or not _may_fold(g):  # without the default opset the importer says what is wrong
+        return model
+    initializers = {t.name: t for t in g.initializer}
+    # Constant tensors: name -> array, or None until a folded node reads it (weights are large and
+    # mostly never read here); pass-throughs alias their source instead of copying it.
+    known: dict[str, np.ndarray | None] = dict.fromkeys(initializers)
+    alias: dict[str, str] = {}
+
+    def value(name):
+        name = alias.get(name, name)
+        if known.get(name) is None and name in initializers:
+            known[name] = tensor_to_array(initializers[name], "initializer")
+        return known.get(name)
+
+    shapes = _static_shapes(model)
+    partial: dict[str, tuple] = {}  # Shape outputs with unknown entries
+    folded: dict[str, np.ndarray] = {}
+    folded_nodes: set[int] = set()
+    for index, node in enumerate(g.node):
+        if not _default_domain(node) or node.op_type in NEVER_FOLD:
+            continue
+        if node.op_type == "Constant":
+            known[node.output[0]] = constant_node_value(node)
+            continue
+        if node.op_type in PASS_THROUGH:
+            if node.input and node.input[0] in known:
+                alias[node.output[0]] = alias.get(node.input[0], node.input[0])
+                known[node.output[0]] = None
+            continue
+        outputs = None
+        if node.op_type in ("Shape", "Size"):
+            dims = shapes.get(node.input[0])
+            if node.op_type == "Size":
+                outputs = [np.asarray(int(np.prod(dims)), np.int64)] if dims and None not in dims else None
+            else:
+                entries = _shape_value(node, dims)
+                if entries is not None and None not in entries:
+                    outputs = [np.asarray(entries, dtype=np.int64)]
+                elif entries is not None:
+                    partial[node.output[0]] = entries
+        elif (node.op_type in SELECTS_ENTRIES and node.input and node.input[0] in partial
+              and all(not i or i in known for i in node.input[1:])):
+            picked = _select_partial(node, partial[node.input[0]], [value(i) for i in node.input[1:]], opset)
+            outputs = None if picked is None else [picked]
+        elif node.input and all(not i or i in known for i in node.input):
+            outputs = _evaluate(node, [value(i) if i else None for i in node.input], opset)
+        if outputs is None or sum(o.size for o in outputs) > MAX_FOLDED_ELEMENTS:
+            continue
+        for name, out in zip(node.output, outputs):
+            if name:
+                known[name] = folded[name] = out
+        folded_nodes.add(index)
+
+    if not folded:
+        return model
+    result = onnx.ModelProto()
+    result.CopyFrom(model)
+    kept = [n for i, n in enumerate(result.graph.node) if i not in folded_nodes]
+    del result.graph.node[:]
+    result.graph.node.extend(_without_dead_constants(kept, result.graph))
+    result.graph.initializer.extend(onnx.numpy_helper.from_array(v, name) for name, v in folded.items())
+    _drop_unused_initializers(result.graph)
+    return result
+
+
+def _may_fold(graph) -> bool:
+    """Whether any node reads a shape or only constants: most models have neither, and skip the rest."""
+    constant = {t.name for t in graph.initializer}
+    for node in graph.node:
+        if not _default_domain(node) or node.op_type in NEVER_FOLD:
+            continue
+        if node.op_type in ("Shape", "Size"):
+            return True
+        if node.op_type == "Constant" or node.op_type in PASS_THROUGH:
+            if node.op_type == "Constant" or (node.input and node.input[0] in constant):
+                constant.update(node.output)
+            continue
+        if node.input and all(not i or i in constant for i in node.input):
+            return True
+    return False
+
+
+def _consumed(nodes, graph) -> set[str]:
+    return {i for n in nodes for i in n.input if i} | {o.name for o in graph.output}
+
+
+def _without_dead_constants(nodes, graph) -> list:
+    """Drop the Constant and pass-through nodes that only fed folded nodes."""
+    nodes = list(nodes)
+    while True:
+        used = _consumed(nodes, graph)
+        alive = [n for n in nodes if n.op_type not in ("Constant", *PASS_THROUGH)
+                 or any(o in used for o in n.output)]
+        if len(alive) == len(nodes):
+            return nodes
+        nodes = alive
+
+
+def _drop_unused_initializers(graph):
+    """Initializers nothing reads any more (the folded nodes' inputs); those that are declared
+    graph inputs too (IR version < 4 models) stay, as callers may feed them."""
+    used = _consumed(graph.node, graph) | {i.name for i in graph.input}
+    kept = [t for t in graph.initializer if t.name in used]
+    if len(kept) != len(graph.initializer):
+        del graph.initializer[:]
+        graph.initializer.extend(kept)
