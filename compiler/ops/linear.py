@@ -1,15 +1,20 @@
-"""Fully connected layers: Gemm.
+"""Fully connected layers: Gemm and MatMul.
 
 ``Y = alpha * A' @ B' + beta * C`` with ``A' = A^T if transA else A`` (M, K), ``B' = B^T if
 transB else B`` (K, N) and C broadcast (unidirectionally) to (M, N). The Dense layer emits
 ``Gemm(x, W, b, transB=1)`` with W of shape (units, features), as PyTorch's Linear.
+
+MatMul is NumPy's ``matmul``: what PyTorch exports for a Linear on more than two dimensions
+(ConvNeXt's ``MatMul(x, W^T) + Add`` on (N, H, W, C)) and, at its old opsets, for a Linear without
+bias (``Transpose(W)`` then MatMul; import folds the Transpose, W being a constant).
 """
 from __future__ import annotations
 
 import numpy as np
 
+from ..errors import ModelDefinitionError
 from .base import Op, register
-from .tensor import unbroadcast
+from .tensor import broadcast_shape, unbroadcast
 
 
 @register
@@ -90,3 +95,62 @@ class Gemm(Op):
         if c_shape is not None:
             grads.append(unbroadcast(self.attrs["beta"] * dy, c_shape))
         return grads
+
+
+@register
+class MatMul(Op):
+    """``A @ B`` with NumPy's rules: the last two axes are matrices (M, K) @ (K, N), the axes before
+    them broadcast; a 1-D A is a row (K,) and a 1-D B a column, the promoted axis dropped from the
+    output. MACs per sample: K per output element, the batch (the symbolic dimension, else the
+    first axis of a batched A) excluded.
+    """
+
+    arity = (2, 2)
+    onnx_opsets = (1, 99)
+
+    def _out(self, a_shape, b_shape):
+        a, b = tuple(a_shape), tuple(b_shape)
+        if not a or not b:
+            self.fail("operands must have at least one dimension", a_shape=a, b_shape=b)
+        a2 = (1,) + a if len(a) == 1 else a
+        b2 = b + (1,) if len(b) == 1 else b
+        if a2[-1] != b2[-2]:
+            self.fail("the last dimension of A must equal the second-to-last of B (the inner dimension K)",
+                      a_shape=a, b_shape=b)
+        try:
+            batch = broadcast_shape(self, a2[:-2], b2[:-2])
+        except ModelDefinitionError:
+            self.fail("the batch dimensions (all but the last two) must broadcast", a_shape=a, b_shape=b)
+        out = batch + (a2[-2:-1] if len(a) > 1 else ()) + (b2[-1:] if len(b) > 1 else ())
+        return out, a2[-1]
+
+    def infer_shapes(self, in_shapes):
+        return [self._out(in_shapes[0], in_shapes[1])[0]]
+
+    def macs(self, in_shapes, out_shapes):
+        out, k = self._out(in_shapes[0], in_shapes[1])
+        if any(isinstance(d, str) for d in out):
+            per_sample = [d for d in out if not isinstance(d, str)]
+        else:
+            per_sample = list(out[1:]) if len(in_shapes[0]) > 1 else list(out)
+        # a symbolic K is a sum over the batch: per sample, one term per output element
+        return (k if isinstance(k, int) else 1) * int(np.prod(per_sample, dtype=np.int64))
+
+    def forward(self, inputs, ctx):
+        a, b = inputs
+        y = np.matmul(a, b).astype(a.dtype, copy=False)
+        wanted = tuple(ctx.requires_grad) or (True, True)
+        return [y], ((a, b, wanted) if ctx.need_grad else None)
+
+    def backward(self, cache, grad_outputs):
+        a, b, wanted = cache
+        a2 = a[None, :] if a.ndim == 1 else a
+        b2 = b[:, None] if b.ndim == 1 else b
+        batch = np.broadcast_shapes(a2.shape[:-2], b2.shape[:-2])
+        dy = grad_outputs[0].reshape(batch + (a2.shape[-2], b2.shape[-1]))
+        da = db = None
+        if wanted[0]:
+            da = unbroadcast(dy @ np.swapaxes(b2, -1, -2), a2.shape).reshape(a.shape)
+        if wanted[1]:
+            db = unbroadcast(np.swapaxes(a2, -1, -2) @ dy, b2.shape).reshape(b.shape)
+        return [da, db]

@@ -152,6 +152,26 @@ CASES = {
                                    {"w": FC.T.copy(), "c": np.resize(C4, 5).astype(np.float32)}, 11),
     "vec-Gemm-no-bias-opset11": (node("Gemm", ["x", "w"]), {"w": FC}, 11),
     "vec-Gemm-opset7-bias-row": (node("Gemm", ["x", "w", "c"]), {"w": FC, "c": np.ones((1, 5), np.float32)}, 7),
+    # layout ops and MatMul (a Split's other outputs are left unused)
+    "MatMul-constant-opset13": (node("MatMul", ["x", "w"]), {"w": FC[:9]}, 13),
+    "MatMul-broadcast-opset9": (node("MatMul", ["x", "w"]), {"w": np.resize(FC, (4, 9, 3)).astype(np.float32)}, 9),
+    "vec-MatMul-vector-opset1": (node("MatMul", ["x", "v"]), {"v": FC[:, 0].copy()}, 1),
+    "Transpose-default-opset1": (node("Transpose", ["x"]), {}, 1),
+    "Transpose-nhwc-opset13": (node("Transpose", ["x"], perm=[0, 2, 3, 1]), {}, 13),
+    "Slice-attrs-opset1": (node("Slice", ["x"], starts=[1, -3], ends=[100, -1], axes=[1, 3]), {}, 1),
+    "Slice-steps-opset10": (node("Slice", ["x", "st", "en", "ax", "sp"]),
+                            {"st": np.array([0, 8], I64), "en": np.array([9, 0], I64), "ax": np.array([2, 3], I64),
+                             "sp": np.array([2, -3], I64)}, 10),
+    "Slice-reverse-opset13": (node("Slice", ["x", "st", "en", "ax", "sp"]),
+                              {"st": np.array([-1], I64), "en": np.array([-2**63], I64), "ax": np.array([-1], I64),
+                               "sp": np.array([-2], I64)}, 13),
+    "Split-attr-opset11": (node("Split", ["x"], ("y", "rest"), axis=-1, split=[4, 5]), {}, 11),
+    "Split-input-opset13": (node("Split", ["x", "s"], ("rest", "y"), axis=2), {"s": np.array([3, 6], I64)}, 13),
+    "Split-equal-opset13": (node("Split", ["x"], ("y", "rest"), axis=1), {}, 13),
+    "Split-num-outputs-uneven-opset18": (node("Split", ["x"], ("rest", "y"), axis=3, num_outputs=2), {}, 18),
+    "Squeeze-no-size-1-axes-opset13": (node("Squeeze", ["x"]), {}, 13),
+    "Unsqueeze-attr-opset11": (node("Unsqueeze", ["x"], axes=[-1, 0]), {}, 11),
+    "Unsqueeze-input-opset13": (node("Unsqueeze", ["x", "a"]), {"a": np.array([2], I64)}, 13),
 }
 
 
@@ -303,17 +323,17 @@ def test_two_inputs_two_outputs():
 def test_unsupported_ops_are_all_reported_with_node_names_and_types():
     nodes = [helper.make_node("LRN", ["x"], ["l"], name="norm1", size=3),
              helper.make_node("Relu", ["l"], ["r"], name="relu1"),
-             helper.make_node("Transpose", ["r"], ["t"], name="swap", perm=[0, 1, 3, 2]),
+             helper.make_node("Hardmax", ["r"], ["t"], name="swap"),
              helper.make_node("Neg", ["t"], ["y"], name="negate")]
     model = make_model(nodes, [("x", [1, 4, 9, 9])], [("y", [1, 4, 9, 9])])
     with pytest.raises(UnsupportedOpError) as err:
         onnx_io.import_model(model)
     message = str(err.value)
-    for expected in ("node 'norm1' (LRN)", "node 'swap' (Transpose)", "node 'negate' (Neg)"):
+    for expected in ("node 'norm1' (LRN)", "node 'swap' (Hardmax)", "node 'negate' (Neg)"):
         assert expected in message
     assert "relu1" not in message
     assert "Supported ops:" in message and "Conv" in message
-    assert err.value.op_types == ["LRN", "Neg", "Transpose"]
+    assert err.value.op_types == ["Hardmax", "LRN", "Neg"]
 
 
 def test_configurations_ops_refuse_are_all_reported_too():

@@ -33,8 +33,9 @@ def _single_node_model(nodes, feeds: dict, out_shapes: list, initializers: dict,
 def _export(case, opset, inputs, export_context):
     op = REGISTRY[case.op](case.attrs, name="node")
     names = [f"in{i}" for i in range(len(inputs))]
-    ctx = export_context(taken=names + ["y0", "node"])
-    nodes = op.to_onnx(names, ["y0"], opset, ctx)
+    outs = [f"y{i}" for i in range(len(op.infer_shapes([x.shape for x in inputs])))]  # Split has several
+    ctx = export_context(taken=names + outs + ["node"])
+    nodes = op.to_onnx(names, outs, opset, ctx)
     return op, names, nodes, ctx.initializers
 
 
@@ -42,29 +43,31 @@ def test_forward_matches_onnx_reference(forward_case, case_inputs, export_contex
     case, opset = forward_case
     inputs = case_inputs(case, np.float32)
     op, names, nodes, initializers = _export(case, opset, inputs, export_context)
-    expected_shape = op.infer_shapes([x.shape for x in inputs])[0]
-    (y,), _ = op.forward(inputs, RunContext())
+    expected_shapes = op.infer_shapes([x.shape for x in inputs])
+    ys, _ = op.forward(inputs, RunContext())
 
-    model = _single_node_model(nodes, dict(zip(names, inputs)), [expected_shape], initializers, opset,
+    model = _single_node_model(nodes, dict(zip(names, inputs)), expected_shapes, initializers, opset,
                                case.onnx_shape_inference)
     if case.reference == "onnxruntime":
         import onnxruntime as ort
 
         session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-        (ref,) = session.run(None, dict(zip(names, inputs)))
+        refs = session.run(None, dict(zip(names, inputs)))
     else:
-        (ref,) = ReferenceEvaluator(model).run(None, dict(zip(names, inputs)))
+        refs = ReferenceEvaluator(model).run(None, dict(zip(names, inputs)))
 
-    assert y.shape == ref.shape == tuple(expected_shape)
-    assert y.dtype == np.float32
-    np.testing.assert_allclose(y, ref, rtol=RTOL, atol=ATOL)
+    assert len(ys) == len(refs) == len(expected_shapes)
+    for y, ref, expected_shape in zip(ys, refs, expected_shapes):
+        assert y.shape == ref.shape == tuple(expected_shape)
+        assert y.dtype == np.float32
+        np.testing.assert_allclose(y, ref, rtol=RTOL, atol=ATOL)
 
 
 def test_forward_keeps_float64(op_case, case_inputs):
     case = op_case
     inputs = case_inputs(case, np.float64)
-    (y,), _ = REGISTRY[case.op](case.attrs, name="node").forward(inputs, RunContext(training=case.training))
-    assert y.dtype == np.float64
+    ys, _ = REGISTRY[case.op](case.attrs, name="node").forward(inputs, RunContext(training=case.training))
+    assert all(y.dtype == np.float64 for y in ys)
 
 
 def test_from_onnx_reads_back_the_exported_node(forward_case, case_inputs, export_context, import_context):
@@ -73,12 +76,14 @@ def test_from_onnx_reads_back_the_exported_node(forward_case, case_inputs, expor
     op, names, nodes, initializers = _export(case, opset, inputs, export_context)
     assert len(nodes) == 1
     attrs, in_names, out_names = REGISTRY[case.op].from_onnx(nodes[0], opset, import_context(initializers))
-    assert out_names == ["y0"]
+    assert out_names == list(nodes[0].output)
     feeds = dict(zip(names, inputs))
     back = REGISTRY[case.op](attrs, name="node")
-    (y0,), _ = op.forward(inputs, RunContext())
-    (y1,), _ = back.forward([feeds[n] for n in in_names], RunContext())
-    np.testing.assert_array_equal(y0, y1)
+    ys0, _ = op.forward(inputs, RunContext())
+    ys1, _ = back.forward([feeds[n] for n in in_names], RunContext())
+    assert len(ys0) == len(ys1) == len(out_names)
+    for y0, y1 in zip(ys0, ys1):
+        np.testing.assert_array_equal(y0, y1)
 
 
 def test_symbolic_batch_flows_through_shape_inference(batch_first_case):

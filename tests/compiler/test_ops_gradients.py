@@ -26,13 +26,14 @@ def test_backward_matches_central_differences(gradient_case, case_inputs, numeri
     case = gradient_case
     op = REGISTRY[case.op](case.attrs, name="node")
     inputs = case_inputs(case, np.float64)
-    (y,), cache = op.forward(inputs, _context(case))
-    weights = np.random.default_rng(99).standard_normal(y.shape)
-    grads = op.backward(cache, [weights.copy()])
+    ys, cache = op.forward(inputs, _context(case))
+    rng = np.random.default_rng(99)
+    weights = [rng.standard_normal(y.shape) for y in ys]  # one per output (Split has several)
+    grads = op.backward(cache, [w.copy() for w in weights])
 
     def loss(arrays):
-        (out,), _ = op.forward(arrays, _context(case))
-        return float((out * weights).sum())
+        outs, _ = op.forward(arrays, _context(case))
+        return float(sum((out * w).sum() for out, w in zip(outs, weights)))
 
     wrt = case.wrt if case.wrt is not None else [i for i in range(len(inputs)) if i not in op.state_inputs]
     assert len(grads) == len(inputs)
