@@ -49,14 +49,62 @@ def test_a_static_channel_shuffle_folds_to_static_reshapes():
     assert {t.name for t in folded.graph.initializer} == {"grouped", "flat"}  # the index constants went
 
 
-def test_a_symbolic_batch_folds_only_the_static_entries():
+def test_a_symbolic_batch_becomes_copy_the_batch_in_the_reshape_targets():
     model = _channel_shuffle("N")
     folded = fold_constant_subgraphs(model)
-    kinds = [n.op_type for n in folded.graph.node]
-    # The batch entry stays computed (Shape -> Gather 0); channels, H and W are folded.
-    assert kinds.count("Gather") == 1 and "Div" not in kinds
-    x = np.random.default_rng(1).standard_normal((3, 6, 4, 4)).astype(np.float32)
-    np.testing.assert_array_equal(_ort(folded, x), _ort(model, x))
+    assert [n.op_type for n in folded.graph.node] == ["Reshape", "Transpose", "Reshape"]
+    targets = {t.name: numpy_helper.to_array(t).tolist() for t in folded.graph.initializer}
+    assert sorted(targets.values()) == [[0, -1, 4, 4], [0, 2, 3, 4, 4]]
+    for batch in (1, 3):
+        x = np.random.default_rng(batch).standard_normal((batch, 6, 4, 4)).astype(np.float32)
+        np.testing.assert_array_equal(_ort(folded, x), _ort(model, x))
+    graph = import_model(folded)
+    assert graph.inputs[0].shape[0] == "N"
+
+
+def test_a_symbolic_entry_that_is_not_the_batch_in_place_stays_computed():
+    """Reshape to (H, N, ...) cannot say "copy" for N (it is not at the batch's position)."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 3])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, "N", 3])
+    consts = [numpy_helper.from_array(np.asarray(v, np.int64), n) for n, v in
+              {"i0": [0], "rest": [3], "two": [2]}.items()]
+    nodes = [helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Gather", ["s", "i0"], ["n"], axis=0),
+             helper.make_node("Concat", ["two", "n", "rest"], ["target"], axis=0),
+             helper.make_node("Reshape", ["x", "target"], ["y"])]
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], [y], initializer=consts),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    folded = fold_constant_subgraphs(model)
+    assert [n.op_type for n in folded.graph.node] == ["Shape", "Gather", "Concat", "Reshape"]
+
+
+@pytest.mark.parametrize("batch", [2, "N"])
+def test_a_flatten_written_as_view_of_its_own_size_imports(batch, tmp_path):
+    """``x.view(x.size(0), -1)``, the classifier head of many hand-written CNNs."""
+    torch = pytest.importorskip("torch", reason="PyTorch is an optional test peer (pip install torch==2.13.0)")
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.fc = torch.nn.Conv2d(1, 4, 3), torch.nn.Linear(4 * 6 * 6, 3)
+
+        def forward(self, x):
+            y = torch.relu(self.conv(x))
+            return self.fc(y.view(y.size(0), -1))
+
+    torch.manual_seed(0)
+    net, x = Net().eval(), torch.randn(2, 1, 8, 8)
+    path = tmp_path / "view.onnx"
+    torch.onnx.export(net, (x,), str(path), dynamo=False, opset_version=13, input_names=["x"],
+                      dynamic_axes={"x": {0: "N"}} if batch == "N" else None)
+    if batch == "N":  # a static export has PyTorch fold the size itself
+        assert "Shape" in {n.op_type for n in onnx.load(str(path)).graph.node}
+    graph = import_model(path)
+    assert "Shape" not in {n.op_type for n in graph.nodes}
+    from edgecnn.compiler.numpy_backend import run
+
+    with torch.no_grad():
+        want = net(x).numpy()
+    np.testing.assert_allclose(next(iter(run(graph, {"x": x.numpy()}).values())), want, rtol=1e-5, atol=1e-5)
 
 
 def test_the_callers_model_is_never_changed_and_nothing_to_fold_returns_it():

@@ -62,3 +62,22 @@ def test_architecture_matches_pytorch_on_the_numpy_backend(name, exported, capsy
 def test_architecture_matches_pytorch_compiled_for_this_cpu(name, exported, capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     _run_and_compare(capsys, tmp_path, exported, name, "tvm")
+
+
+def test_a_dynamic_batch_shufflenet_runs_on_the_numpy_backend(tmp_path, capsys):
+    """Exported with a symbolic batch, ShuffleNetV2's channel shuffle reads the batch from Shape:
+    the reshape targets become "copy the batch" constants, so the IR runs any batch."""
+    torch = pytest.importorskip("torch", reason="PyTorch is an optional test peer (pip install torch==2.13.0)")
+    if torchvision_zoo.torchvision_models() is None:
+        pytest.skip("torchvision is not installed (pip install --no-deps torchvision==0.28.0)")
+    net = torchvision_zoo.build("shufflenet_v2_x1_0")
+    path = tmp_path / "shufflenet.onnx"
+    x = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    torch.onnx.export(net, (x[:1],), str(path), dynamo=False, opset_version=17, input_names=["image"],
+                      dynamic_axes={"image": {0: "N"}})
+    np.save(tmp_path / "x.npy", x.numpy())
+    assert main(["run", str(path), "--backend", "numpy", "--input", str(tmp_path / "x.npy"),
+                 "-o", str(tmp_path / "y.npz")]) == 0, capsys.readouterr().err
+    with np.load(tmp_path / "y.npz") as out, torch.no_grad():
+        want = net(x).numpy()
+        np.testing.assert_allclose(out[out.files[0]], want, rtol=1e-4, atol=1e-4 * max(1.0, np.abs(want).max()))
