@@ -142,6 +142,46 @@ class _Spatial2D(Op):
         extent = tuple(dil[i] * (kernel[i] - 1) + 1 for i in range(2))
         return extent, _pair(self.attrs.get("strides"), 1)
 
+    def to_onnx(self, inputs, outputs, opset, ctx):
+        """One node; where onnxruntime or onnx's shape inference read an attribute set otherwise than
+        the spec (and edgecnn), the same computation is written in a form they agree on."""
+        import onnx.helper
+
+        attrs = self.onnx_attributes(opset)
+        shape_of = getattr(ctx, "shape", None)  # the exporter knows every shape; a bare context may not
+        same = attrs.get("auto_pad") in ("SAME_UPPER", "SAME_LOWER")
+        if not callable(shape_of) or not (same or attrs.get("ceil_mode")):
+            return [onnx.helper.make_node(self.op_type, inputs, outputs, name=self.name, **attrs)]
+        x = shape_of(inputs[0])
+        kernel, strides, dilations, pads, out = self.geometry(
+            x, tuple(shape_of(inputs[1])[2:]) if self.op_type == "Conv" else None)
+        if same:
+            # SAME's total pad is (out - 1) * stride + dilated kernel - size, at least 0
+            clamped = any((out[i] - 1) * strides[i] + dilations[i] * (kernel[i] - 1) + 1 < x[2 + i] for i in range(2))
+            if clamped or any(d != 1 for d in dilations):
+                # onnxruntime refuses SAME on dilated convs, sizes dilated pools' SAME pads without the
+                # dilation and lets them go negative in pools: write the pads out (sizes are known here)
+                attrs.pop("auto_pad")
+                attrs["pads"] = list(pads)
+        if attrs.get("ceil_mode"):
+            # A window ceil_mode adds that would start in the end padding is dropped (the spec's rule,
+            # onnxruntime's and edgecnn's), but onnx's shape inference counts it: write the same pool
+            # in floor mode, or else with the end pad cut where the last window ends.
+            spans = [x[2 + i] + pads[i] + pads[i + 2] - dilations[i] * (kernel[i] - 1) - 1 for i in range(2)]
+            counted = [-(-spans[i] // strides[i]) + 1 for i in range(2)]  # no window dropped
+            if tuple(counted) != out:
+                if tuple(spans[i] // strides[i] + 1 for i in range(2)) == out:
+                    attrs["ceil_mode"] = 0
+                else:
+                    pads = list(pads)
+                    for i in range(2):
+                        cut = spans[i] - (out[i] - 1) * strides[i]
+                        if counted[i] != out[i] and cut <= pads[i + 2]:
+                            pads[i + 2] -= cut
+                    attrs.pop("auto_pad", None)
+                    attrs["pads"] = pads
+        return [onnx.helper.make_node(self.op_type, inputs, outputs, name=self.name, **attrs)]
+
 
 @register
 class Conv(_Spatial2D):

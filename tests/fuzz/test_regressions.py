@@ -43,3 +43,41 @@ def test_dilated_pool_window_with_no_tap_on_the_input_is_refused():
                                                    r"the input; window 0 of axis 3 reads only padding\. Received"):
         L.Sequential([L.MaxPool2d((1, 2), stride=(1, 2), padding="same", dilation=(1, 2), name="pool")],
                      input_shape=(1, 1, 1)).build()
+
+
+# -- 'same' padding that onnxruntime reads otherwise ------------------------------------------------
+def test_same_padding_of_a_dilated_conv_is_exported_as_pads():
+    # onnxruntime: "Dilation not supported for AutoPadType::SAME_UPPER" at run time
+    graph = L.Sequential([L.Conv2d(2, 3, padding="same", dilation=2, name="conv")], input_shape=(1, 7, 7)).build()
+    model = _ort_matches_numpy(graph, _x(1, 1, 7, 7))
+    (attrs,) = [{a.name for a in n.attribute} for n in model.graph.node]
+    assert "auto_pad" not in attrs and "pads" in attrs
+
+
+def test_same_padding_of_a_dilated_maxpool_is_exported_as_pads():
+    # onnxruntime sized the SAME pads without the dilation: a (1, 1, 5, 5) output for a 7x7 input
+    graph = L.Sequential([L.MaxPool2d(3, stride=1, padding="same", dilation=2)], input_shape=(1, 7, 7)).build()
+    _ort_matches_numpy(graph, _x(1, 1, 7, 7))
+
+
+def test_same_padding_of_a_pool_needing_no_pad_is_exported_as_pads():
+    # kernel 1, stride 2 on 2 pixels: SAME's total pad is -1, clamped to 0; onnxruntime did not
+    # clamp it ("padding values must be non-negative")
+    graph = L.Sequential([L.MaxPool2d(1, stride=2, padding="same")], input_shape=(1, 2, 2)).build()
+    _ort_matches_numpy(graph, _x(1, 1, 2, 2))
+
+
+# -- ceil_mode windows starting in the end padding ---------------------------------------------------
+@pytest.mark.parametrize("layer, shape", [
+    # both axes: the window ceil_mode adds starts in the end padding (dropped); floor mode is the same pool
+    (L.MaxPool2d(2, stride=2, padding=1, ceil_mode=True), (1, 5, 5)),
+    (L.AvgPool2d((1, 1), stride=(1, 2), ceil_mode=True), (1, 1, 2)),
+    # one axis drops it, the other needs ceil_mode: the end pad is cut where the last window ends
+    (L.AvgPool2d(3, stride=3, padding=1, ceil_mode=True, count_include_pad=True), (1, 2, 3)),
+    (L.AvgPool2d(3, stride=3, padding=1, ceil_mode=True), (1, 2, 3)),
+], ids=["max-both-axes", "avg-no-pads", "avg-include-pad-one-axis", "avg-one-axis"])
+def test_ceil_mode_pool_whose_last_window_is_dropped_exports(layer, shape):
+    # was: "the exported ONNX model fails the ONNX checker: [ShapeInferenceError] ... Inferred shape and
+    # existing shape differ" (onnx's shape inference counts the dropped window)
+    graph = L.Sequential([layer], input_shape=shape).build()
+    _ort_matches_numpy(graph, _x(2, *shape))
