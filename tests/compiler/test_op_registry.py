@@ -15,6 +15,12 @@ from edgecnn.compiler.ops.base import Op
 ALL_OPS = sorted(REGISTRY)
 
 
+def _first_onnx_version(op_type):
+    """The opset that introduced ``op_type`` in the default ONNX domain."""
+    return min(s.since_version for s in onnx.defs.get_all_schemas_with_history()
+               if s.name == op_type and s.domain in ("", "ai.onnx"))
+
+
 @pytest.mark.parametrize("op_type", ALL_OPS)
 def test_every_registered_op_has_forward_cases(op_type, forward_table):
     assert op_type in {c.op for c in forward_table}, \
@@ -40,8 +46,11 @@ def test_op_class_is_complete(op_type):
     assert cls.forward is not Op.forward, f"{op_type} has no forward"
     assert cls.backward is not Op.backward, f"{op_type} has no backward"
     lo, hi = cls.onnx_opsets
-    assert 1 <= lo <= 13 <= 21 <= hi or op_type == "HardSwish" and lo == 14, \
-        f"{op_type} must be exportable at opsets 13..21 (HardSwish exists from 14)"
+    first = _first_onnx_version(op_type)
+    wanted = max(13, first)  # 13..21, or from the opset that introduced the op (HardSwish 14, Gelu 20)
+    assert first <= lo <= wanted and hi >= 21, \
+        f"{op_type} must be exportable at opsets {wanted}..21 and claim none before it exists in ONNX ({first}); " \
+        f"it claims {lo}..{hi}"
 
 
 def test_unknown_op_lists_the_supported_ones():
