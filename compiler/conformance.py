@@ -147,9 +147,11 @@ def run_case(case: Case, rtol: float = RTOL, atol: float = ATOL) -> Result:
                 if y.shape != expected.shape:
                     return Result(case.id, "fail", f"output '{out_name}' has shape {y.shape}, expected "
                                   f"{expected.shape}", seconds=time.perf_counter() - start)
-                err = np.abs(y.astype(np.float64) - expected.astype(np.float64))
+                # nan where the expected value is nan conforms (Sqrt and Pow of negative inputs)
+                both_nan = np.isnan(y) & np.isnan(expected)
+                err = np.abs(np.where(both_nan, 0, y.astype(np.float64) - expected.astype(np.float64)))
                 worst = max(worst, float(err.max()) if err.size else 0.0)
-                if not np.allclose(y, expected, rtol=rtol, atol=atol):
+                if not np.allclose(y, expected, rtol=rtol, atol=atol, equal_nan=True):
                     return Result(case.id, "fail", f"output '{out_name}' differs: max abs error {float(err.max()):.3g} "
                                   f"(rtol={rtol}, atol={atol})", max_abs_error=worst,
                                   seconds=time.perf_counter() - start)

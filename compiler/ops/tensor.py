@@ -1,4 +1,5 @@
-"""Tensor plumbing and elementwise arithmetic: Add, Mul, Concat, Flatten, Reshape, Pad.
+"""Tensor plumbing and elementwise arithmetic: Add, Sub, Mul, Div, Pow, Sqrt, Reciprocal, Concat,
+Flatten, Reshape, Pad.
 
 Symbolic (string) dimensions flow through shape inference: a product of dimensions that holds a
 symbol is written as a string such as ``"N*16"``, and Reshape's ``-1`` cancels symbols that the
@@ -149,6 +150,166 @@ class Mul(_Broadcasting):
         a, b = cache
         g = grad_outputs[0]
         return [unbroadcast(g * b, a.shape), unbroadcast(g * a, b.shape)]
+
+
+@register
+class Sub(_Broadcasting):
+    """``y = a - b`` with broadcasting. Shape: broadcast(a, b)."""
+
+    def forward(self, inputs, ctx):
+        a, b = inputs
+        y = (a - b).astype(a.dtype, copy=False)
+        return [y], ((a.shape, b.shape) if ctx.need_grad else None)
+
+    def backward(self, cache, grad_outputs):
+        a_shape, b_shape = cache
+        g = grad_outputs[0]
+        return [unbroadcast(g, a_shape), unbroadcast(-g, b_shape)]
+
+
+@register
+class Div(_Broadcasting):
+    """``y = a / b`` with broadcasting (IEEE division: b = 0 gives inf or nan, as in ONNX for
+    floats). Gradients: ``g / b`` for a and ``-g * y / b`` (= -g a / b^2) for b."""
+
+    def forward(self, inputs, ctx):
+        a, b = inputs
+        y = (a / b).astype(a.dtype, copy=False)
+        return [y], ((a.shape, b, y) if ctx.need_grad else None)
+
+    def backward(self, cache, grad_outputs):
+        a_shape, b, y = cache
+        g = grad_outputs[0]
+        gb = g / b
+        return [unbroadcast(gb, a_shape), unbroadcast(-gb * y, b.shape)]
+
+
+def _shape_preserving_scalar(value: np.ndarray, base_rank: int | None) -> bool:
+    """Whether broadcasting ``value`` (one element) against the base leaves the base's shape."""
+    return value.size == 1 and (value.ndim <= 1 or (base_rank is not None and value.ndim <= base_rank))
+
+
+@register
+class Pow(Op):
+    """``y = x ** exponent``: a constant exponent (the IR attribute ``exponent``, written as a scalar
+    initializer in ONNX) or a second input tensor broadcast against x (multidirectional, opset 7+).
+
+    A constant scalar exponent on import becomes the attribute, so decompositions such as
+    LayerNorm's ``Pow(x - mean, 2)`` do not turn the 2 into a trained parameter whose gradient
+    (``y * log(x)``) is undefined for negative x. Gradients: ``p * x ** (p - 1)`` for x (0 for
+    p = 0); for an exponent tensor ``y * log(x)`` where x > 0 and 0 where x <= 0 (``x ** p`` is
+    not real-differentiable in p there; PyTorch gives nan for x < 0).
+    """
+
+    attr_defaults = {"exponent": None}
+    arity = (1, 2)
+    onnx_opsets = (7, 99)
+
+    def check_attrs(self, attrs):
+        if attrs["exponent"] is not None:
+            try:
+                attrs["exponent"] = float(np.asarray(attrs["exponent"]).reshape(()))
+            except (TypeError, ValueError):
+                self.fail("attribute 'exponent' must be one number", exponent=attrs["exponent"])
+            if not np.isfinite(attrs["exponent"]):
+                self.fail("attribute 'exponent' must be finite", exponent=attrs["exponent"])
+        return attrs
+
+    def _tensor_exponent(self, count: int) -> bool:
+        constant = self.attrs["exponent"] is not None
+        if constant == (count == 2):
+            self.fail("takes either the attribute 'exponent' and one input, or no attribute and two inputs "
+                      "(base, exponent)", exponent=self.attrs["exponent"], inputs=count)
+        return not constant
+
+    def infer_shapes(self, in_shapes):
+        present = [s for s in in_shapes if s is not None]
+        if self._tensor_exponent(len(present)):
+            return [broadcast_shape(self, present[0], present[1])]
+        return [tuple(present[0])]
+
+    def forward(self, inputs, ctx):
+        x = inputs[0]
+        if self._tensor_exponent(len([i for i in inputs if i is not None])):
+            p = inputs[1]
+            with np.errstate(invalid="ignore", divide="ignore"):
+                y = np.power(x, p).astype(x.dtype, copy=False)
+            return [y], ((x, p, y) if ctx.need_grad else None)
+        p = self.attrs["exponent"]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            y = np.power(x, p).astype(x.dtype, copy=False)
+        return [y], ((x, None, None) if ctx.need_grad else None)
+
+    def backward(self, cache, grad_outputs):
+        x, p_tensor, y = cache
+        g = grad_outputs[0]
+        p = self.attrs["exponent"] if p_tensor is None else p_tensor
+        with np.errstate(invalid="ignore", divide="ignore"):
+            # p * x^(p-1) is 0 * x^-1 for p = 0, nan at x = 0: the derivative of a constant is 0.
+            dx = np.where(np.equal(p, 0), 0, g * p * np.power(x, np.subtract(p, 1))).astype(g.dtype, copy=False)
+        if p_tensor is None:
+            return [dx]
+        positive = x > 0
+        dp = g * y * np.log(np.where(positive, x, 1))
+        dp = np.where(positive, dp, 0).astype(g.dtype, copy=False)
+        return [unbroadcast(dx, x.shape), unbroadcast(dp, p_tensor.shape)]
+
+    def onnx_attributes(self, opset):
+        return {}
+
+    def to_onnx(self, inputs, outputs, opset, ctx):
+        import onnx.helper
+
+        if self.attrs["exponent"] is None:
+            return [onnx.helper.make_node("Pow", inputs, outputs, name=self.name)]
+        name = ctx.unique_name(f"{self.name}_exponent")
+        ctx.add_initializer(name, np.array(self.attrs["exponent"], np.float32))
+        return [onnx.helper.make_node("Pow", [inputs[0], name], outputs, name=self.name)]
+
+    @classmethod
+    def from_onnx(cls, node, opset, ctx):
+        _, inputs, outputs = super().from_onnx(node, opset, ctx)
+        value = ctx.constant(node.input[1]) if len(node.input) > 1 and node.input[1] else None
+        if value is not None:
+            value = np.asarray(value)
+            shape_of = getattr(ctx, "shape", None)
+            base = shape_of(node.input[0]) if callable(shape_of) else None
+            if _shape_preserving_scalar(value, None if base is None else len(base)):
+                return {"exponent": float(value.reshape(()))}, inputs[:1], outputs
+        return {}, inputs[:2], outputs
+
+
+@register
+class Sqrt(Op):
+    """``y = sqrt(x)`` (nan for x < 0, as ONNX). Gradient ``g / (2 y)``."""
+
+    onnx_opsets = (6, 99)
+
+    def forward(self, inputs, ctx):
+        x = inputs[0]
+        with np.errstate(invalid="ignore"):
+            y = np.sqrt(x).astype(x.dtype, copy=False)
+        return [y], (y if ctx.need_grad else None)
+
+    def backward(self, cache, grad_outputs):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return [(grad_outputs[0] * 0.5 / cache).astype(grad_outputs[0].dtype, copy=False)]
+
+
+@register
+class Reciprocal(Op):
+    """``y = 1 / x``. Gradient ``-g * y ** 2``."""
+
+    onnx_opsets = (6, 99)
+
+    def forward(self, inputs, ctx):
+        x = inputs[0]
+        with np.errstate(divide="ignore"):
+            y = (1 / x).astype(x.dtype, copy=False)
+        return [y], (y if ctx.need_grad else None)
+
+    def backward(self, cache, grad_outputs):
+        return [(-grad_outputs[0] * cache * cache).astype(grad_outputs[0].dtype, copy=False)]
 
 
 # -- shape plumbing ---------------------------------------------------------------------------

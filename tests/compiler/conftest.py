@@ -452,6 +452,23 @@ CASES = [
     _c("Squeeze", {}, [((2, 1, 3, 1), "x")], "all-ones", opsets=ENCODING_OPSETS),
     _c("Unsqueeze", {"axes": [-1, 1]}, [((2, 3, 4), "x")], "negative-axes", opsets=ENCODING_OPSETS),
     _c("Unsqueeze", {"axes": [2]}, [((2, 3), "x")], "last", opsets=ENCODING_OPSETS),
+    # -- arithmetic, reductions and normalization -------------------------------------------
+    _c("Sub", {}, [((2, 3, 4), "x"), ((2, 3, 4), "x")], "same-shape"),
+    _c("Sub", {}, [((2, 3, 4, 4), "x"), ((3, 1, 1), "w")], "broadcast-subtrahend"),
+    _c("Sub", {}, [((3, 1, 1), "w"), ((2, 3, 4, 4), "x")], "broadcast-minuend"),
+    _c("Sub", {}, [((2, 1, 4), "x"), ((3, 1), "w")], "broadcast-both-ways"),
+    _c("Div", {}, [((2, 3, 4), "x"), ((2, 3, 4), "pos")], "same-shape", symbolic_batch=False),
+    _c("Div", {}, [((2, 3, 4, 4), "x"), ((3, 1, 1), "pos")], "broadcast-divisor"),
+    _c("Div", {}, [((3, 1, 1), "w"), ((2, 3, 2, 2), "pos")], "broadcast-dividend", symbolic_batch=False),
+    _c("Div", {}, [((2, 1, 4), "x"), ((3, 1), "pos")], "broadcast-both-ways"),
+    _c("Pow", {"exponent": 2.0}, [((2, 3, 4), "x")], "square"),
+    _c("Pow", {"exponent": 0.5}, [((2, 3, 4), "pos")], "sqrt", symbolic_batch=False),
+    _c("Pow", {"exponent": 3.0}, [((2, 3, 4), "x")], "cube"),
+    _c("Pow", {"exponent": 0.0}, [((2, 3), "x")], "zero"),
+    _c("Pow", {}, [((2, 3, 4), "pos"), ((3, 4), "w")], "tensor-exponent", symbolic_batch=False),
+    _c("Pow", {}, [((3, 1), "pos"), ((2, 3, 4), "x")], "tensor-exponent-broadcast-base"),
+    _c("Sqrt", {}, [((2, 3, 4), "pos")], "plain", symbolic_batch=False),
+    _c("Reciprocal", {}, [((2, 3, 4), "pos")], "plain", symbolic_batch=False),
 ]
 
 

@@ -13,6 +13,7 @@ import pytest
 from edgecnn.compiler import layers as L
 from edgecnn.compiler import numpy_backend, onnx_io, zoo
 from edgecnn.compiler.errors import ModelDefinitionError, UnsupportedOpError
+from edgecnn.compiler.ir import Graph, Node, TensorSpec
 from edgecnn.compiler.ops import REGISTRY
 from edgecnn.runtime.errors import InputError
 
@@ -161,6 +162,19 @@ def _two_branch(make_join):
     return build
 
 
+def _chain(*steps):
+    """A graph of ops no layer builds: each step ``(op_type, attrs, {param: value})`` takes the
+    previous output first, then its own parameters."""
+    def build():
+        nodes, params, x = [], {}, "input"
+        for i, (op_type, attrs, extra) in enumerate(steps):
+            params.update({k: np.asarray(v, np.float32) for k, v in extra.items()})
+            nodes.append(Node(op_type, f"{op_type.lower()}{i}", [x, *extra], [f"t{i}"], dict(attrs)))
+            x = f"t{i}"
+        return Graph([TensorSpec("input", ("N", 4, 7, 7))], [x], nodes, params, name="case")
+    return build
+
+
 #: op type -> builder of a small graph that uses it (with parameters redrawn by ``randomized``)
 OP_CASES = {
     "Conv": _seq(L.Conv2d(6, 3, stride=2, padding=(1, 0), dilation=1, name="conv")),
@@ -189,6 +203,13 @@ OP_CASES = {
     "Softmax": _seq(L.Softmax(name="softmax", axis=1)),
     "LogSoftmax": _seq(L.LogSoftmax(name="logsoftmax")),
     "Pad": _seq(L.Pad((1, 2, 0, 1), mode="reflect", name="pad")),
+    # arithmetic, reductions and normalization
+    "Sub": _chain(("Sub", {}, {"shift": np.full((4, 1, 1), 0.5)})),
+    "Div": _chain(("Div", {}, {"divisor": np.full((4, 1, 1), 2.0)})),
+    "Pow": _chain(("Pow", {"exponent": 2.0}, {})),
+    "Sqrt": _chain(("Pow", {"exponent": 2.0}, {}), ("Sqrt", {}, {})),
+    "Reciprocal": _chain(("Pow", {"exponent": 2.0}, {}), ("Add", {}, {"one": np.ones((1,))}),
+                         ("Reciprocal", {}, {})),
 }
 
 

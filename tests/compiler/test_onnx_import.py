@@ -152,6 +152,14 @@ CASES = {
                                    {"w": FC.T.copy(), "c": np.resize(C4, 5).astype(np.float32)}, 11),
     "vec-Gemm-no-bias-opset11": (node("Gemm", ["x", "w"]), {"w": FC}, 11),
     "vec-Gemm-opset7-bias-row": (node("Gemm", ["x", "w", "c"]), {"w": FC, "c": np.ones((1, 5), np.float32)}, 7),
+    # arithmetic, reductions and normalization
+    "Sub-constant-minuend-opset7": (node("Sub", ["c", "x"]), {"c": C4.reshape(4, 1, 1)}, 7),
+    "Div-by-constant-opset14": (node("Div", ["x", "v"]), {"v": VAR4.reshape(1, 4, 1, 1)}, 14),
+    "Pow-constant-exponent-opset7": (node("Pow", ["x", "p"]), {"p": np.float32(2.0)}, 7),
+    "Pow-int64-exponent-opset15": (node("Pow", ["x", "p"]), {"p": np.array([3], I64)}, 15),
+    "Pow-exponent-tensor-opset13": (node("Pow", ["v", "x"]), {"v": VAR4.reshape(4, 1, 1)}, 13),
+    "Sqrt-opset13": (node("Sqrt", ["x"]), {}, 13),
+    "Reciprocal-opset6": (node("Reciprocal", ["x"]), {}, 6),
     # layout ops and MatMul (a Split's other outputs are left unused)
     "MatMul-constant-opset13": (node("MatMul", ["x", "w"]), {"w": FC[:9]}, 13),
     "MatMul-broadcast-opset9": (node("MatMul", ["x", "w"]), {"w": np.resize(FC, (4, 9, 3)).astype(np.float32)}, 9),
