@@ -6,6 +6,8 @@ inside gradient checks). Python float constants are "weak" under NumPy 2's promo
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..errors import UnsupportedOpError
@@ -302,6 +304,88 @@ class HardSwish(Op):
         dy = grad_outputs[0]
         inside = (x > -3) & (x < 3)
         return [(dy * (gate + np.where(inside, x / 6, 0))).astype(dy.dtype, copy=False)]
+
+
+def _erf(x: np.ndarray) -> np.ndarray:
+    """The error function elementwise, in x's dtype (scipy ships with scikit-learn, a dependency;
+    math.erf element by element is the slow fallback)."""
+    try:
+        from scipy.special import erf
+    except ImportError:  # pragma: no cover - scipy comes with scikit-learn
+        return np.frompyfunc(math.erf, 1, 1)(x).astype(x.dtype)
+    return erf(x).astype(x.dtype, copy=False)
+
+
+# Python floats, not NumPy scalars: they stay weak in NumPy 2's promotion, so float32 stays float32.
+_TWO_OVER_SQRT_PI = 2 / math.sqrt(math.pi)
+
+
+@register
+class Erf(Op):
+    """``y = erf(x) = 2 / sqrt(pi) * integral_0^x exp(-t^2) dt``; gradient ``2 / sqrt(pi) * exp(-x^2)``.
+
+    PyTorch writes GELU before opset 20 as ``0.5 * x * (1 + Erf(x / sqrt(2)))``.
+    """
+
+    onnx_opsets = (9, 99)
+
+    def forward(self, inputs, ctx):
+        x = inputs[0]
+        return [_erf(x)], (x if ctx.need_grad else None)
+
+    def backward(self, cache, grad_outputs):
+        x, dy = cache, grad_outputs[0]
+        return [(dy * (_TWO_OVER_SQRT_PI * np.exp(-x * x))).astype(dy.dtype, copy=False)]
+
+
+_SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
+_INV_SQRT_2 = 1 / math.sqrt(2)
+_INV_SQRT_2PI = 1 / math.sqrt(2 * math.pi)
+
+
+@register
+class Gelu(Op):
+    """``y = x * Phi(x)`` with ``Phi`` the standard normal CDF (ONNX opset 20).
+
+    ``approximate="none"``: ``Phi(x) = 0.5 * (1 + erf(x / sqrt(2)))``, gradient
+    ``Phi(x) + x * exp(-x^2 / 2) / sqrt(2 pi)``. ``approximate="tanh"``: ``Phi`` is replaced by
+    ``0.5 * (1 + tanh(sqrt(2 / pi) * (x + 0.044715 x^3)))`` and the gradient is that function's
+    own derivative (exact for the approximation, not the erf form).
+    """
+
+    attr_defaults = {"approximate": "none"}
+    onnx_opsets = (20, 99)
+
+    def check_attrs(self, attrs):
+        if isinstance(attrs["approximate"], bytes):
+            attrs["approximate"] = attrs["approximate"].decode()
+        if attrs["approximate"] not in ("none", "tanh"):
+            self.fail("approximate must be 'none' or 'tanh'", approximate=attrs["approximate"])
+        return attrs
+
+    def forward(self, inputs, ctx):
+        x = inputs[0]
+        if self.attrs["approximate"] == "tanh":
+            t = np.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * x * x * x))
+            y = (0.5 * x * (1 + t)).astype(x.dtype, copy=False)
+            return [y], ((x, t) if ctx.need_grad else None)
+        cdf = 0.5 * (1 + _erf(x * _INV_SQRT_2))
+        y = (x * cdf).astype(x.dtype, copy=False)
+        return [y], ((x, cdf) if ctx.need_grad else None)
+
+    def backward(self, cache, grad_outputs):
+        dy = grad_outputs[0]
+        if self.attrs["approximate"] == "tanh":
+            x, t = cache
+            inner = _SQRT_2_OVER_PI * (1 + 3 * 0.044715 * x * x)
+            slope = 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * inner
+        else:
+            x, cdf = cache
+            slope = cdf + x * _INV_SQRT_2PI * np.exp(-0.5 * x * x)
+        return [(dy * slope).astype(dy.dtype, copy=False)]
+
+    def onnx_attributes(self, opset):
+        return {"approximate": self.attrs["approximate"]}
 
 
 def _old_softmax_matches(node, opset: int, ctx, axis: int) -> bool:

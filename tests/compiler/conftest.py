@@ -469,6 +469,9 @@ CASES = [
     _c("Pow", {}, [((3, 1), "pos"), ((2, 3, 4), "x")], "tensor-exponent-broadcast-base"),
     _c("Sqrt", {}, [((2, 3, 4), "pos")], "plain", symbolic_batch=False),
     _c("Reciprocal", {}, [((2, 3, 4), "pos")], "plain", symbolic_batch=False),
+    _c("Erf", {}, [((2, 3, 4), "x")], "plain", scale=2.0),
+    _c("Gelu", {}, [((2, 3, 4), "x")], "exact", scale=3.0, opsets=(20, 21)),
+    _c("Gelu", {"approximate": "tanh"}, [((2, 3, 4), "x")], "tanh", scale=3.0, opsets=(20, 21)),
 ]
 
 

@@ -210,6 +210,8 @@ OP_CASES = {
     "Sqrt": _chain(("Pow", {"exponent": 2.0}, {}), ("Sqrt", {}, {})),
     "Reciprocal": _chain(("Pow", {"exponent": 2.0}, {}), ("Add", {}, {"one": np.ones((1,))}),
                          ("Reciprocal", {}, {})),
+    "Erf": _chain(("Erf", {}, {})),
+    "Gelu": _chain(("Gelu", {"approximate": "tanh"}, {})),
 }
 
 

@@ -160,6 +160,9 @@ CASES = {
     "Pow-exponent-tensor-opset13": (node("Pow", ["v", "x"]), {"v": VAR4.reshape(4, 1, 1)}, 13),
     "Sqrt-opset13": (node("Sqrt", ["x"]), {}, 13),
     "Reciprocal-opset6": (node("Reciprocal", ["x"]), {}, 6),
+    "Erf-opset9": (node("Erf", ["x"]), {}, 9),
+    "Gelu-opset20": (node("Gelu", ["x"]), {}, 20),
+    "Gelu-tanh-opset21": (node("Gelu", ["x"], approximate="tanh"), {}, 21),
     # layout ops and MatMul (a Split's other outputs are left unused)
     "MatMul-constant-opset13": (node("MatMul", ["x", "w"]), {"w": FC[:9]}, 13),
     "MatMul-broadcast-opset9": (node("MatMul", ["x", "w"]), {"w": np.resize(FC, (4, 9, 3)).astype(np.float32)}, 9),
