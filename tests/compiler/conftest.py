@@ -278,6 +278,8 @@ def _c(op, attrs, inputs, id, **kw):
 
 
 ENCODING_OPSETS = (13, 17, 21)  # Clip, Pad, Reshape, Dropout: constants move between attributes and inputs
+# Reductions: axes is an attribute up to 12 (ReduceSum) or 17 (the others), an input from 13 or 18.
+REDUCE_OPSETS = (12, 13, 17, 18, 21)
 
 CASES = [
     # -- Conv -----------------------------------------------------------------------------
@@ -472,6 +474,20 @@ CASES = [
     _c("Erf", {}, [((2, 3, 4), "x")], "plain", scale=2.0),
     _c("Gelu", {}, [((2, 3, 4), "x")], "exact", scale=3.0, opsets=(20, 21)),
     _c("Gelu", {"approximate": "tanh"}, [((2, 3, 4), "x")], "tanh", scale=3.0, opsets=(20, 21)),
+    _c("ReduceMean", {"axes": [2, 3], "keepdims": 0}, [((2, 3, 4, 5), "x")], "spatial-head",
+       opsets=REDUCE_OPSETS),
+    _c("ReduceMean", {"axes": [-1]}, [((2, 3, 4), "x")], "last-keepdims", opsets=REDUCE_OPSETS),
+    _c("ReduceMean", {}, [((2, 3), "x")], "all-axes", opsets=REDUCE_OPSETS, symbolic_batch=False),
+    _c("ReduceMean", {"axes": [0]}, [((3, 2, 2), "x")], "fixed-batch-axis", opsets=REDUCE_OPSETS,
+       symbolic_batch=False),
+    _c("ReduceSum", {"axes": [1], "keepdims": 0}, [((2, 3, 4), "x")], "one-axis", opsets=REDUCE_OPSETS),
+    _c("ReduceSum", {"axes": [-2, 1]}, [((2, 3, 4, 5), "x")], "negative-and-positive", opsets=REDUCE_OPSETS),
+    _c("ReduceSum", {"noop_with_empty_axes": 1}, [((2, 3), "x")], "noop-empty-axes", opsets=(13, 18, 21)),
+    _c("ReduceMax", {"axes": [1], "keepdims": 0}, [((2, 3, 4, 2), "distinct")], "one-axis", opsets=REDUCE_OPSETS),
+    _c("ReduceMax", {"axes": [2, 3]}, [((2, 3, 3, 4), "distinct")], "spatial-keepdims", opsets=REDUCE_OPSETS),
+    _c("ReduceMax", {"axes": [-1]}, [((2, 3, 4), "ties")], "ties-forward", opsets=REDUCE_OPSETS, gradient=False),
+    _c("ReduceMin", {"axes": [-1], "keepdims": 0}, [((2, 3, 5), "distinct")], "last-axis", opsets=REDUCE_OPSETS),
+    _c("ReduceMin", {"axes": [1, 2]}, [((2, 3, 4), "distinct")], "two-axes", opsets=REDUCE_OPSETS),
 ]
 
 

@@ -212,6 +212,10 @@ OP_CASES = {
                          ("Reciprocal", {}, {})),
     "Erf": _chain(("Erf", {}, {})),
     "Gelu": _chain(("Gelu", {"approximate": "tanh"}, {})),
+    "ReduceMean": _chain(("ReduceMean", {"axes": [2, 3], "keepdims": 0}, {})),
+    "ReduceSum": _chain(("ReduceSum", {"axes": [-1]}, {})),
+    "ReduceMax": _chain(("ReduceMax", {"axes": [1], "keepdims": 0}, {})),
+    "ReduceMin": _chain(("ReduceMin", {"axes": [2, 3]}, {})),
 }
 
 
