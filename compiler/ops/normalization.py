@@ -1,7 +1,7 @@
-"""Normalization and regularization: BatchNormalization, Dropout.
+"""Normalization and regularization: BatchNormalization, LayerNormalization, Dropout.
 
-Both behave differently in training (``ctx.training``) and inference, and both are exported in
-their inference form.
+BatchNormalization and Dropout behave differently in training (``ctx.training``) and inference,
+and both are exported in their inference form; LayerNormalization computes the same in both.
 """
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import numpy as np
 
 from ..errors import UnsupportedOpError
 from .base import Op, RunContext, register
+from .tensor import _normalize_axis, broadcast_shape, unbroadcast
 
 
 @register
@@ -112,6 +113,113 @@ class BatchNormalization(Op):
             raise UnsupportedOpError(f"Node '{node.name}' (BatchNormalization): spatial=0 (per-element "
                                      f"statistics) is not supported. Received: spatial=0")
         return ({k: attrs[k] for k in ("epsilon", "momentum") if k in attrs}, inputs, outputs[:1])
+
+
+@register
+class LayerNormalization(Op):
+    """``y = (x - mean) / sqrt(var + epsilon) * Scale + B`` with mean and (biased) variance over the
+    axes ``[axis, ..., rank - 1]`` of each sample (ONNX opset 17; ConvNeXt's LayerNorm on NHWC).
+
+    Scale and the optional B broadcast unidirectionally to x (usually the normalized shape, e.g.
+    (C,) for ``axis=-1``). The statistics are those of the input, in training and inference
+    alike. Only the Y output is implemented: an ONNX node that lists the optional Mean or
+    InvStdDev outputs is refused on import. Normalizing over a symbolic (batch) dimension is
+    refused, as for the reductions: it would mix the samples of a batch.
+
+    Backward, with ``xhat = (x - mean) * inv_std``, ``g = dy * Scale`` and means over the
+    normalized axes: ``dx = inv_std * (g - mean(g) - xhat * mean(g * xhat))``; Scale and B get
+    ``dy * xhat`` and ``dy`` summed back over their broadcast axes.
+    """
+
+    attr_defaults = {"axis": -1, "epsilon": 1e-5, "stash_type": 1}
+    arity = (2, 3)
+    param_inputs = (1, 2)
+    onnx_opsets = (17, 99)
+
+    def check_attrs(self, attrs):
+        attrs["axis"] = int(attrs["axis"])
+        attrs["epsilon"] = float(attrs["epsilon"])
+        if not (np.isfinite(attrs["epsilon"]) and attrs["epsilon"] >= 0):
+            self.fail("epsilon must be a finite number >= 0", epsilon=attrs["epsilon"])
+        if int(attrs["stash_type"]) != 1:
+            # stash_type names the precision of the statistics; edgecnn computes them in float32
+            # (float64 in gradient checks), which is ONNX's 1 (FLOAT).
+            self.fail("only stash_type=1 (statistics in float32) is supported", stash_type=attrs["stash_type"])
+        attrs["stash_type"] = 1
+        return attrs
+
+    def _axes(self, rank: int) -> tuple[int, ...]:
+        return tuple(range(_normalize_axis(self, self.attrs["axis"], rank), rank))
+
+    def infer_shapes(self, in_shapes):
+        x = tuple(in_shapes[0])
+        axes = self._axes(len(x))
+        if any(isinstance(x[a], str) for a in axes):
+            self.fail("cannot normalize over a symbolic (batch) dimension: that would mix the samples of a batch",
+                      axis=self.attrs["axis"], input_shape=x)
+        for position, what in ((1, "Scale"), (2, "B")):
+            if position < len(in_shapes) and in_shapes[position] is not None:
+                shape = tuple(in_shapes[position])
+                if len(shape) > len(x) or broadcast_shape(self, x, shape) != x:
+                    self.fail(f"{what} must broadcast to the input shape (unidirectional)",
+                              **{f"{what}_shape": shape}, input_shape=x)
+        return [x]
+
+    def macs(self, in_shapes, out_shapes):
+        # Per element: a multiply by inv_std and a multiply-add by Scale and B.
+        return 2 * int(np.prod([d for d in out_shapes[0][1:] if not isinstance(d, str)]))
+
+    def forward(self, inputs, ctx):
+        x, scale = inputs[0], inputs[1]
+        bias = inputs[2] if len(inputs) > 2 else None
+        axes = self._axes(x.ndim)
+        centered = x - x.mean(axis=axes, keepdims=True)
+        var = np.mean(centered * centered, axis=axes, keepdims=True)
+        inv_std = (1 / np.sqrt(var + self.attrs["epsilon"])).astype(x.dtype, copy=False)
+        xhat = centered * inv_std
+        y = xhat * scale
+        if bias is not None:
+            y += bias
+        cache = (xhat, inv_std, scale, None if bias is None else bias.shape, len(inputs)) if ctx.need_grad else None
+        return [y.astype(x.dtype, copy=False)], cache
+
+    def backward(self, cache, grad_outputs):
+        xhat, inv_std, scale, bias_shape, count = cache
+        dy = grad_outputs[0]
+        axes = self._axes(dy.ndim)
+        g = dy * scale
+        dx = g - g.mean(axis=axes, keepdims=True)
+        dx -= xhat * (g * xhat).mean(axis=axes, keepdims=True)
+        dx *= inv_std
+        grads = [dx.astype(dy.dtype, copy=False), unbroadcast(dy * xhat, scale.shape)]
+        if count > 2:
+            grads.append(None if bias_shape is None else unbroadcast(dy, bias_shape))
+        return grads
+
+    def onnx_attributes(self, opset):
+        return {"axis": self.attrs["axis"], "epsilon": self.attrs["epsilon"]}
+
+    def to_onnx(self, inputs, outputs, opset, ctx):
+        import onnx.helper
+
+        inputs = list(inputs)
+        while len(inputs) > 2 and not inputs[-1]:
+            inputs.pop()
+        return [onnx.helper.make_node("LayerNormalization", inputs, outputs[:1], name=self.name,
+                                      **self.onnx_attributes(opset))]
+
+    @classmethod
+    def from_onnx(cls, node, opset, ctx):
+        attrs, inputs, outputs = super().from_onnx(node, opset, ctx)
+        if any(outputs[1:]):
+            raise UnsupportedOpError(f"Node '{node.name}' (LayerNormalization): only the Y output is supported; "
+                                     f"the optional Mean and InvStdDev outputs are not. Received: outputs={outputs}")
+        if int(attrs.get("stash_type", 1)) != 1:
+            raise UnsupportedOpError(f"Node '{node.name}' (LayerNormalization): only stash_type=1 (float32 "
+                                     f"statistics) is supported. Received: stash_type={attrs['stash_type']}")
+        while len(inputs) > 2 and not inputs[-1]:
+            inputs.pop()
+        return ({k: attrs[k] for k in ("axis", "epsilon") if k in attrs}, inputs, outputs[:1])
 
 
 @register

@@ -488,6 +488,15 @@ CASES = [
     _c("ReduceMax", {"axes": [-1]}, [((2, 3, 4), "ties")], "ties-forward", opsets=REDUCE_OPSETS, gradient=False),
     _c("ReduceMin", {"axes": [-1], "keepdims": 0}, [((2, 3, 5), "distinct")], "last-axis", opsets=REDUCE_OPSETS),
     _c("ReduceMin", {"axes": [1, 2]}, [((2, 3, 4), "distinct")], "two-axes", opsets=REDUCE_OPSETS),
+    _c("LayerNormalization", {}, [((2, 3, 5), "x"), ((5,), "w"), ((5,), "w")], "last-axis-bias",
+       opsets=(17, 18, 21)),
+    _c("LayerNormalization", {"axis": -2, "epsilon": 1e-3}, [((2, 3, 4, 5), "x"), ((4, 5), "w")],
+       "last-two-axes-no-bias", opsets=(17, 18, 21)),
+    _c("LayerNormalization", {"axis": -2}, [((2, 3, 4, 5), "x"), ((4, 5), "w"), ((4, 5), "w")],
+       "last-two-axes-bias", opsets=(17, 21)),
+    _c("LayerNormalization", {}, [((2, 4, 4, 6), "x"), ((6,), "w")], "nhwc-channels-no-bias", opsets=(17, 21)),
+    _c("LayerNormalization", {"axis": 1}, [((2, 3, 2, 2), "x"), ((3, 1, 1), "w"), ((3, 1, 1), "w")],
+       "axis1-per-channel-scale", opsets=(17, 21)),
 ]
 
 

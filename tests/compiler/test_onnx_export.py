@@ -216,6 +216,8 @@ OP_CASES = {
     "ReduceSum": _chain(("ReduceSum", {"axes": [-1]}, {})),
     "ReduceMax": _chain(("ReduceMax", {"axes": [1], "keepdims": 0}, {})),
     "ReduceMin": _chain(("ReduceMin", {"axes": [2, 3]}, {})),
+    "LayerNormalization": _chain(("LayerNormalization", {"axis": -2},
+                                  {"scale": np.ones((7, 7)), "bias": np.zeros((7, 7))})),
 }
 
 

@@ -77,6 +77,7 @@ FC = (R.standard_normal((10, 5)) * 0.3).astype(np.float32)
 C4 = R.standard_normal(4).astype(np.float32)
 VAR4 = R.uniform(0.5, 1.5, 4).astype(np.float32)
 I64 = np.int64
+S9 = R.uniform(0.5, 1.5, 9).astype(np.float32)
 
 
 def conv(opset=11, w=W3, **attrs):
@@ -171,6 +172,9 @@ CASES = {
     "ReduceSum-noop-empty-axes-opset13": (node("ReduceSum", ["x"], noop_with_empty_axes=1), {}, 13),
     "ReduceMax-opset13": (node("ReduceMax", ["x"], axes=[-1]), {}, 13),
     "ReduceMin-axes-input-opset18": (node("ReduceMin", ["x", "axes"], keepdims=0), {"axes": np.array([1], I64)}, 18),
+    "LayerNormalization-opset17": (node("LayerNormalization", ["x", "s", "b"]), {"s": S9, "b": S9[::-1].copy()}, 17),
+    "LayerNormalization-no-bias-two-axes": (node("LayerNormalization", ["x", "s"], axis=2, epsilon=1e-3),
+                                            {"s": np.resize(S9, (9, 9)).astype(np.float32)}, 18),
     # layout ops and MatMul (a Split's other outputs are left unused)
     "MatMul-constant-opset13": (node("MatMul", ["x", "w"]), {"w": FC[:9]}, 13),
     "MatMul-broadcast-opset9": (node("MatMul", ["x", "w"]), {"w": np.resize(FC, (4, 9, 3)).astype(np.float32)}, 9),
