@@ -218,6 +218,14 @@ OP_CASES = {
     "ReduceMin": _chain(("ReduceMin", {"axes": [2, 3]}, {})),
     "LayerNormalization": _chain(("LayerNormalization", {"axis": -2},
                                   {"scale": np.ones((7, 7)), "bias": np.zeros((7, 7))})),
+    # layout ops and MatMul
+    "MatMul": _chain(("MatMul", {}, {"w": np.full((7, 5), 0.2)})),
+    "Transpose": _chain(("Transpose", {"perm": [0, 2, 3, 1]}, {})),
+    "Slice": _chain(("Slice", {"starts": [1, -1], "ends": [2**63 - 1, -8], "axes": [2, -1], "steps": [2, -2]}, {})),
+    "Split": lambda: Graph([TensorSpec("input", ("N", 4, 7, 7))], ["a", "b"],
+                           [Node("Split", "split", ["input"], ["a", "b"], {"axis": 1, "num_outputs": 2})], name="case"),
+    "Squeeze": _chain(("Unsqueeze", {"axes": [-1]}, {}), ("Squeeze", {"axes": [4]}, {})),
+    "Unsqueeze": _chain(("Unsqueeze", {"axes": [0, -1]}, {})),
 }
 
 
