@@ -23,8 +23,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgecnn.runtime.errors import InputError
-
 from .onnx_graph import constant_node_value, tensor_to_array
 
 #: Never evaluated ahead of time: quantization keeps its QDQ structure for the integer kernels,
@@ -88,16 +86,25 @@ def _without_big_weights(model):
     return light
 
 
-def _evaluate(node, values: list, opset: int) -> list[np.ndarray]:
+def _evaluate(node, values: list, opset: int) -> list[np.ndarray] | None:
+    """``node``'s outputs for constant ``values``, by onnx's reference evaluator at ``opset`` (a
+    one-node model: an evaluator given the bare node would apply the newest version of its op).
+
+    None when the evaluator fails: the node stays, and the importer (or TVM) that meets it says
+    what is wrong in its own terms, instead of the evaluator's limits refusing a valid model."""
+    import onnx
     from onnx.reference import ReferenceEvaluator
 
     feeds = {name: value for name, value in zip(node.input, values) if name}
+    graph = onnx.helper.make_graph(
+        [node], "fold", [onnx.helper.make_tensor_value_info(name, onnx.helper.np_dtype_to_tensor_dtype(
+            np.asarray(v).dtype), None) for name, v in feeds.items()],
+        [onnx.helper.make_tensor_value_info(name, onnx.TensorProto.UNDEFINED, None) for name in node.output if name])
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset)])
     try:
-        outputs = ReferenceEvaluator(node, opsets={"": opset}).run(None, feeds)
-    except Exception as exc:  # noqa: BLE001 - the evaluator raises whatever NumPy raises
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise InputError(f"node '{node.name}' ({node.op_type}) computes from constants only, and evaluating it "
-                         f"fails: {reason}. Received: input shapes={[np.shape(v) for v in values]}") from None
+        outputs = ReferenceEvaluator(model).run(None, feeds)
+    except Exception:  # noqa: BLE001 - the evaluator raises whatever NumPy raises
+        return None
     return [np.asarray(o) for o in outputs]
 
 
@@ -122,7 +129,7 @@ def _shape_entries(node, dims) -> list | None:
     return entries[slice(attrs.get("start", 0), attrs.get("end"))]
 
 
-def _move_entries(node, inputs: list, opset: int) -> np.ndarray:
+def _move_entries(node, inputs: list, opset: int) -> np.ndarray | None:
     """Evaluate a data-movement op (MOVES_ENTRIES) on vectors whose entries may be symbolic: each
     entry of the moved inputs is replaced by its index in one table, the op is evaluated by the
     reference evaluator on those indices, and the indices it returns are looked up again."""
@@ -136,7 +143,10 @@ def _move_entries(node, inputs: list, opset: int) -> np.ndarray:
             coded.append(codes)
         else:
             coded.append(value)
-    picked = _evaluate(node, coded, opset)[0]
+    picked = _evaluate(node, coded, opset)
+    if picked is None:
+        return None
+    picked = picked[0]
     return np.asarray([table[i] for i in picked.reshape(-1)], dtype=object).reshape(picked.shape)
 
 
@@ -225,6 +235,8 @@ def _fold_once(model):
               and all(not i or i in known or i in symbolic for i in node.input)):
             entries = _move_entries(node, [symbolic[i] if i in symbolic else value(i) if i else None
                                            for i in node.input], opset)
+            if entries is None:
+                continue
         elif node.op_type == "Reshape" and len(node.input) > 1 and node.input[1] in symbolic:
             target = _reshape_target(symbolic[node.input[1]], shapes.get(node.input[0]))
             if target is not None and not _attribute(node, "allowzero", 0):

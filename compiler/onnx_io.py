@@ -492,8 +492,18 @@ def import_model(source, name: str | None = None) -> Graph:
         n.inputs = [rename.get(i, i) for i in n.inputs]
         n.outputs = [rename.get(o, o) for o in n.outputs]
 
-    referenced = {i for n in ir_nodes for i in n.inputs if i}
-    params = {k: _param_array(v) for k, v in constants.items() if k in referenced}
+    readers = {}
+    for n in ir_nodes:
+        for i in n.inputs:
+            readers.setdefault(i, n)
+    for k, v in constants.items():
+        if k in readers and not (np.issubdtype(v.dtype, np.integer) or np.issubdtype(v.dtype, np.floating)
+                                 or v.dtype == np.bool_):
+            reader = readers[k]
+            raise InputError(f"node '{reader.name}' ({reader.op_type}) reads constant '{k}', which holds "
+                             f"{v.dtype} values; edgecnn parameters are real numbers. "
+                             f"Received: dtype={v.dtype}, shape={v.shape}")
+    params = {k: _param_array(v) for k, v in constants.items() if k in readers}
     metadata = read_metadata(model)
     try:
         return Graph(inputs, output_names, ir_nodes, params, name=name or g.name or "model", metadata=metadata)
@@ -544,6 +554,7 @@ def _fold(ir_node: Node, constants: dict) -> dict | None:
     if not all(v is None or np.issubdtype(v.dtype, np.floating) for v in values):
         return None
     op = make_op(ir_node)
+    op.infer_shapes([None if v is None else tuple(v.shape) for v in values])  # the op's rules, named
     outputs, _ = op.forward([None if v is None else v.astype(np.float32) for v in values], RunContext())
     return dict(zip(ir_node.outputs, outputs))
 
