@@ -22,7 +22,7 @@ from edgecnn.compiler.models import load_any
 from edgecnn.runtime.errors import EdgeCNNError, InputError, received
 
 from .errors import CompileError, tvm_failure
-from .passes import fold_affine_into_conv, fold_constants, legalize_constant_work, simplify_imported_graph
+from .passes import fold_affine_into_conv, fold_static_work, simplify_imported_graph
 
 
 @dataclass
@@ -125,7 +125,8 @@ def resolve_model(model, *, batch: int | None = None, default_batch: int = 1, op
 
 
 def to_relax(onnx_model):
-    """ONNX -> a legalized Relax IRModule, weights bound and constant work folded.
+    """ONNX -> a legalized Relax IRModule, weights bound and constant work (shape arithmetic on
+    static shapes too) folded.
 
     Unsupported ops are named together in one CompileError.
     """
@@ -145,9 +146,8 @@ def to_relax(onnx_model):
         simplify_imported_graph(),
         relax.transform.DeadCodeElimination(),
         relax.transform.CanonicalizeBindings(),
-        legalize_constant_work(),
     ])
     try:
-        return fold_affine_into_conv(fold_constants(inference(mod)))
+        return fold_affine_into_conv(fold_static_work(inference(mod)))
     except Exception as exc:  # an InternalError in a rewrite or a constant fold
         raise tvm_failure("the Relax graph rewrites", None, exc) from None

@@ -4,6 +4,9 @@
   move through (Sum as stack + sum, Dropout's copy, identity broadcasts);
 - ``legalize_constant_work`` + ``fold_constants``: every computation on constants (BatchNorm
   statistics, reshaped biases, weight repacks) evaluated in one compiled library;
+- ``fold_static_work``: those two, with the shape arithmetic an exporter writes (``Shape ->
+  Gather -> Div -> Slice``) read off the static shapes, so every slice, reshape and broadcast
+  whose bounds it computes gets a static shape;
 - ``fold_affine_into_conv``: per-channel scales and shifts after a conv folded into its
   weights and one bias (BatchNorm at inference).
 """
@@ -154,13 +157,17 @@ def fold_constants(mod):
     main = mod["main"]
     call_tir = call_tir_op()
     foldable: dict = {}  # var -> its call, in binding order
+    bound: dict = {}  # var -> the constant it is bound to (a shape read at compile time)
     kept_values = [main.body.body]
     for block in main.body.blocks:
         for binding in block.bindings:
             value = binding.value
+            if isinstance(binding, relax.VarBinding) and isinstance(value, tvm.ir.expr.Constant):
+                bound[binding.var] = value
             if (isinstance(binding, relax.VarBinding) and isinstance(value, relax.Call) and value.op.same_as(call_tir)
                     and len(value.args) == 2 and static_shape(value) is not None
-                    and all(isinstance(a, tvm.ir.expr.Constant) or a in foldable for a in value.args[1].fields)):
+                    and all(isinstance(a, tvm.ir.expr.Constant) or a in foldable or a in bound
+                            for a in value.args[1].fields)):
                 foldable[binding.var] = value
             else:
                 kept_values.append(value)
@@ -174,7 +181,8 @@ def fold_constants(mod):
     device = tvm.cpu()
     values: dict = {}
     for var, call in foldable.items():
-        args = [a.value if isinstance(a, tvm.ir.expr.Constant) else values[a] for a in call.args[1].fields]
+        args = [a.value if isinstance(a, tvm.ir.expr.Constant) else bound[a].value if a in bound else values[a]
+                for a in call.args[1].fields]
         values[var] = tvm.runtime.empty(shapes[var], call.ty.dtype, device)
         library[call.args[0].name_hint](*args, values[var])
     constants = {v: relax.const(values[v]) for v in foldable if v in used}
@@ -192,6 +200,106 @@ def fold_constants(mod):
             return constants.get(var, var)
 
     return relax.transform.DeadCodeElimination(["main"])(with_main(mod, _BindFolded(mod).visit_expr(main)))
+
+
+def _constant_of(bb, expr):
+    """The Constant ``expr`` is or is bound to, else None."""
+    while isinstance(expr, relax.Var):
+        bound = bb.lookup_binding(expr)
+        if bound is None:
+            return None
+        expr = bound
+    return expr if isinstance(expr, tvm.ir.expr.Constant) else None
+
+
+def _known_shape(expr) -> list[int] | None:
+    """The values of a shape-valued expression (``R.Shape([1, 116, 8, 8])``) known at compile time."""
+    ty = getattr(expr, "ty", None)
+    values = getattr(ty, "values", None) if isinstance(ty, relax.ShapeType) else None
+    if values is None or not all(isinstance(v, tvm.tirx.IntImm) for v in values):
+        return None
+    return [int(v) for v in values]
+
+
+@relax.expr_functor.mutator
+class _StaticShapes(relax.PyExprMutator):
+    """Shape arithmetic on static shapes read at compile time, and what it feeds made static.
+
+    TVM's ONNX importer keeps ``Shape -> Gather`` with a 1-D index (PyTorch's ``x.chunk(2, 1)``
+    and ``x.size(1) // 2``) as run-time work: the shape becomes an int64 constant, and the
+    gather, its negative-index normalization (``shape_of`` of that constant) and the arithmetic
+    after it are Relax calls. A ``Slice`` whose bounds are such calls takes the importer's
+    dynamic road, ``dynamic_strided_slice``, whose result has no static shape, and neither has
+    any op after it: ShuffleNet V2's channel split reached ``tvm.compile`` as a ``concat`` of
+    unknown shapes, which nothing legalizes (an InternalError in VM codegen), and its convs
+    would have missed the blocked layouts. Here:
+
+    - ``shape_of(x)`` of a static-shape ``x`` is that shape, ``shape_to_tensor`` of a known
+      shape an int64 constant (and so constant work for :func:`legalize_constant_work`);
+    - ``tensor_to_shape`` of a constant is a shape (reshape targets, Expand, ConstantOfShape);
+    - ``dynamic_strided_slice`` with constant bounds and a static input is ``strided_slice``
+      over the axes it cuts, with ONNX's (NumPy's) clamping of out-of-range bounds.
+
+    ``rewrites`` counts what changed, so :func:`fold_static_work` knows when to stop.
+    """
+
+    def __init__(self, mod):
+        super().__init__(mod)
+        self.rewrites = 0
+
+    def visit_call_(self, call):  # pylint: disable=arguments-renamed
+        call = super().visit_call_(call)
+        name = op_name(call)
+        new = None
+        if name == "relax.shape_of":
+            shape = static_shape(call.args[0])
+            new = relax.ShapeExpr(shape) if shape is not None else None
+        elif name == "relax.shape_to_tensor":
+            values = _known_shape(call.args[0])
+            new = relax.const(np.array(values, dtype="int64"), "int64") if values is not None else None
+        elif name == "relax.tensor_to_shape":
+            constant = _constant_of(self.builder_, call.args[0])
+            values = constant.value.numpy() if constant is not None else None
+            if values is not None and values.ndim == 1:
+                new = relax.ShapeExpr([int(v) for v in values])
+        elif name == "relax.dynamic_strided_slice":
+            new = self._static_slice(call)
+        if new is None:
+            return call
+        self.rewrites += 1
+        return new
+
+    def _static_slice(self, call):
+        data = call.args[0]
+        shape = static_shape(data)
+        bounds = [_constant_of(self.builder_, a) for a in call.args[1:]]
+        if shape is None or any(b is None for b in bounds):
+            return None
+        begin, end, strides = (b.value.numpy().astype(np.int64).reshape(-1).tolist() for b in bounds)
+        if not len(begin) == len(end) == len(strides) == len(shape) or 0 in strides:
+            return None
+        # the axes the slice cuts; a whole-axis bound (0 .. INT64_MAX step 1) leaves its axis be
+        axes = [i for i, n in enumerate(shape) if slice(begin[i], end[i], strides[i]).indices(n) != (0, n, 1)]
+        if not axes:
+            return data
+        return relax.op.strided_slice(data, axes=axes, begin=[begin[i] for i in axes], end=[end[i] for i in axes],
+                                      strides=[strides[i] for i in axes], assume_inbound=False)
+
+
+def fold_static_work(mod, max_rounds: int = 8):
+    """:func:`legalize_constant_work` and :func:`fold_constants`, round after round, with the
+    shape arithmetic on static shapes folded too (:class:`_StaticShapes`): a slice whose bounds
+    one round folds becomes static in the next, and the shapes after it with it. A model with
+    no shape arithmetic takes one round, as before."""
+    for _ in range(max_rounds):
+        shapes = _StaticShapes(mod)
+        mod = rewrite_functions(mod, shapes)
+        if shapes.rewrites:
+            mod = relax.transform.DeadCodeElimination()(mod)
+        mod = fold_constants(legalize_constant_work()(mod))
+        if not shapes.rewrites:
+            break
+    return mod
 
 
 # How an elementwise op with a per-channel constant c maps y = a * x + b (the constant may sit on
