@@ -19,6 +19,7 @@ from tvm.relax.frontend.onnx import from_onnx
 from edgecnn.compiler import onnx_io
 from edgecnn.compiler.ir import Graph
 from edgecnn.compiler.models import load_any
+from edgecnn.compiler.onnx_fold import fold_constant_subgraphs
 from edgecnn.runtime.errors import EdgeCNNError, InputError, received
 
 from .errors import CompileError, tvm_failure
@@ -111,6 +112,7 @@ def resolve_model(model, *, batch: int | None = None, default_batch: int = 1, op
             raise InputError(f"ONNX file not found. {received(model=str(model))}")
         proto = onnx_io.upgrade_opset(onnx_io.load_onnx(path))
         pinned = pin_batch(proto, batch, default=default_batch)
+        proto = fold_constant_subgraphs(proto)  # shapes are static now: every shape subgraph folds
         graph, note = None, ""
         try:
             graph = onnx_io.import_model(proto, name=path.stem)
