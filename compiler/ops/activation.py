@@ -306,6 +306,42 @@ class HardSwish(Op):
         return [(dy * (gate + np.where(inside, x / 6, 0))).astype(dy.dtype, copy=False)]
 
 
+@register
+class Softplus(Op):
+    """``y = log(1 + exp(x))``, computed as ``max(x, 0) + log1p(exp(-|x|))`` so that neither a
+    large positive x (exp overflows) nor a large negative one (1 + tiny rounds to 1) loses it.
+    Gradient ``sigmoid(x)``, also without overflow."""
+
+    onnx_opsets = (1, 99)
+
+    def forward(self, inputs, ctx):
+        x = inputs[0]
+        e = np.exp(-np.abs(x))  # in (0, 1]: never overflows
+        y = (np.maximum(x, 0) + np.log1p(e)).astype(x.dtype, copy=False)
+        return [y], ((x >= 0, e) if ctx.need_grad else None)
+
+    def backward(self, cache, grad_outputs):
+        positive, e = cache
+        sigmoid = np.where(positive, 1 / (1 + e), e / (1 + e))
+        return [(grad_outputs[0] * sigmoid).astype(grad_outputs[0].dtype, copy=False)]
+
+
+@register
+class Softsign(Op):
+    """``y = x / (1 + |x|)``. Gradient ``1 / (1 + |x|)^2`` (its second derivative jumps at 0)."""
+
+    onnx_opsets = (1, 99)
+
+    def forward(self, inputs, ctx):
+        x = inputs[0]
+        denominator = 1 + np.abs(x)
+        y = (x / denominator).astype(x.dtype, copy=False)
+        return [y], (denominator if ctx.need_grad else None)
+
+    def backward(self, cache, grad_outputs):
+        return [(grad_outputs[0] / (cache * cache)).astype(grad_outputs[0].dtype, copy=False)]
+
+
 def _erf(x: np.ndarray) -> np.ndarray:
     """The error function elementwise, in x's dtype (scipy ships with scikit-learn, a dependency;
     math.erf element by element is the slow fallback)."""

@@ -1,5 +1,5 @@
-"""Tensor plumbing and elementwise arithmetic: Add, Sub, Mul, Div, Pow, Sqrt, Reciprocal, Concat,
-Flatten, Reshape, Pad.
+"""Tensor plumbing and elementwise arithmetic: Add, Sub, Mul, Div, Pow, Sqrt, Reciprocal, Exp, Log,
+Neg, Abs, Concat, Flatten, Reshape, Pad.
 
 Symbolic (string) dimensions flow through shape inference: a product of dimensions that holds a
 symbol is written as a string such as ``"N*16"``, and Reshape's ``-1`` cancels symbols that the
@@ -310,6 +310,66 @@ class Reciprocal(Op):
 
     def backward(self, cache, grad_outputs):
         return [(-grad_outputs[0] * cache * cache).astype(grad_outputs[0].dtype, copy=False)]
+
+
+@register
+class Exp(Op):
+    """``y = exp(x)`` (inf where it overflows, as ONNX). Gradient ``g * y``."""
+
+    onnx_opsets = (6, 99)
+
+    def forward(self, inputs, ctx):
+        x = inputs[0]
+        with np.errstate(over="ignore"):
+            y = np.exp(x).astype(x.dtype, copy=False)
+        return [y], (y if ctx.need_grad else None)
+
+    def backward(self, cache, grad_outputs):
+        return [(grad_outputs[0] * cache).astype(grad_outputs[0].dtype, copy=False)]
+
+
+@register
+class Log(Op):
+    """``y = log(x)`` (-inf at 0 and nan for x < 0, as ONNX). Gradient ``g / x``."""
+
+    onnx_opsets = (6, 99)
+
+    def forward(self, inputs, ctx):
+        x = inputs[0]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            y = np.log(x).astype(x.dtype, copy=False)
+        return [y], (x if ctx.need_grad else None)
+
+    def backward(self, cache, grad_outputs):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return [(grad_outputs[0] / cache).astype(grad_outputs[0].dtype, copy=False)]
+
+
+@register
+class Neg(Op):
+    """``y = -x``. Gradient ``-g``."""
+
+    onnx_opsets = (6, 99)
+
+    def forward(self, inputs, ctx):
+        return [np.negative(inputs[0])], None
+
+    def backward(self, cache, grad_outputs):
+        return [np.negative(grad_outputs[0])]
+
+
+@register
+class Abs(Op):
+    """``y = |x|``. Gradient ``g * sign(x)``: 0 at x = 0, where |x| has its kink (PyTorch's choice)."""
+
+    onnx_opsets = (6, 99)
+
+    def forward(self, inputs, ctx):
+        x = inputs[0]
+        return [np.abs(x)], (np.sign(x) if ctx.need_grad else None)
+
+    def backward(self, cache, grad_outputs):
+        return [(grad_outputs[0] * cache).astype(grad_outputs[0].dtype, copy=False)]
 
 
 # -- shape plumbing ---------------------------------------------------------------------------

@@ -497,6 +497,14 @@ CASES = [
     _c("LayerNormalization", {}, [((2, 4, 4, 6), "x"), ((6,), "w")], "nhwc-channels-no-bias", opsets=(17, 21)),
     _c("LayerNormalization", {"axis": 1}, [((2, 3, 2, 2), "x"), ((3, 1, 1), "w"), ((3, 1, 1), "w")],
        "axis1-per-channel-scale", opsets=(17, 21)),
+    # -- transposed convolution and more elementwise ops ------------------------------------
+    _c("Exp", {}, [((2, 3, 4), "x")], "plain", scale=2.0),
+    _c("Log", {}, [((2, 3, 4), "pos")], "plain", symbolic_batch=False),
+    _c("Neg", {}, [((2, 3, 4), "x")], "plain"),
+    _c("Abs", {}, [((2, 3, 4), "x")], "plain", kinks=(0.0,)),
+    _c("Softplus", {}, [((2, 3, 4), "x")], "plain", scale=3.0),
+    _c("Softplus", {}, [((2, 6), "x")], "large-inputs", scale=60.0, gradient=False),
+    _c("Softsign", {}, [((2, 3, 4), "x")], "plain", scale=3.0, kinks=(0.0,)),
 ]
 
 

@@ -226,6 +226,13 @@ OP_CASES = {
                            [Node("Split", "split", ["input"], ["a", "b"], {"axis": 1, "num_outputs": 2})], name="case"),
     "Squeeze": _chain(("Unsqueeze", {"axes": [-1]}, {}), ("Squeeze", {"axes": [4]}, {})),
     "Unsqueeze": _chain(("Unsqueeze", {"axes": [0, -1]}, {})),
+    # more elementwise ops
+    "Exp": _chain(("Exp", {}, {})),
+    "Log": _chain(("Abs", {}, {}), ("Add", {}, {"one": np.ones((1,))}), ("Log", {}, {})),
+    "Neg": _chain(("Neg", {}, {})),
+    "Abs": _chain(("Abs", {}, {})),
+    "Softplus": _chain(("Softplus", {}, {})),
+    "Softsign": _chain(("Softsign", {}, {})),
 }
 
 

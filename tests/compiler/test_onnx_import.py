@@ -195,6 +195,13 @@ CASES = {
     "Squeeze-no-size-1-axes-opset13": (node("Squeeze", ["x"]), {}, 13),
     "Unsqueeze-attr-opset11": (node("Unsqueeze", ["x"], axes=[-1, 0]), {}, 11),
     "Unsqueeze-input-opset13": (node("Unsqueeze", ["x", "a"]), {"a": np.array([2], I64)}, 13),
+    # more elementwise ops
+    "Exp-opset13": (node("Exp", ["x"]), {}, 13),
+    "Log-opset6": (node("Log", ["x"]), {}, 6),  # nan for the negative half, as the reference
+    "Neg-opset6": (node("Neg", ["x"]), {}, 6),
+    "Abs-opset13": (node("Abs", ["x"]), {}, 13),
+    "Softplus-opset1": (node("Softplus", ["x"]), {}, 1),
+    "Softsign-opset21": (node("Softsign", ["x"]), {}, 21),
 }
 
 
@@ -347,16 +354,16 @@ def test_unsupported_ops_are_all_reported_with_node_names_and_types():
     nodes = [helper.make_node("LRN", ["x"], ["l"], name="norm1", size=3),
              helper.make_node("Relu", ["l"], ["r"], name="relu1"),
              helper.make_node("Hardmax", ["r"], ["t"], name="swap"),
-             helper.make_node("Neg", ["t"], ["y"], name="negate")]
+             helper.make_node("Round", ["t"], ["y"], name="rounding")]
     model = make_model(nodes, [("x", [1, 4, 9, 9])], [("y", [1, 4, 9, 9])])
     with pytest.raises(UnsupportedOpError) as err:
         onnx_io.import_model(model)
     message = str(err.value)
-    for expected in ("node 'norm1' (LRN)", "node 'swap' (Hardmax)", "node 'negate' (Neg)"):
+    for expected in ("node 'norm1' (LRN)", "node 'swap' (Hardmax)", "node 'rounding' (Round)"):
         assert expected in message
     assert "relu1" not in message
     assert "Supported ops:" in message and "Conv" in message
-    assert err.value.op_types == ["Hardmax", "LRN", "Neg"]
+    assert err.value.op_types == ["Hardmax", "LRN", "Round"]
 
 
 def test_configurations_ops_refuse_are_all_reported_too():
