@@ -226,7 +226,9 @@ OP_CASES = {
                            [Node("Split", "split", ["input"], ["a", "b"], {"axis": 1, "num_outputs": 2})], name="case"),
     "Squeeze": _chain(("Unsqueeze", {"axes": [-1]}, {}), ("Squeeze", {"axes": [4]}, {})),
     "Unsqueeze": _chain(("Unsqueeze", {"axes": [0, -1]}, {})),
-    # more elementwise ops
+    # transposed convolution and more elementwise ops (SAME is written as pads before opset 11)
+    "ConvTranspose": _chain(("ConvTranspose", {"auto_pad": "SAME_UPPER", "strides": [2, 2]},
+                             {"w": np.full((4, 3, 3, 3), 0.1), "b": np.zeros((3,))})),
     "Exp": _chain(("Exp", {}, {})),
     "Log": _chain(("Abs", {}, {}), ("Add", {}, {"one": np.ones((1,))}), ("Log", {}, {})),
     "Neg": _chain(("Neg", {}, {})),
@@ -274,6 +276,19 @@ def test_each_op_exports_at_every_opset_it_allows(op_type, rng, ort_run, randomi
             assert_same_graph(graph, back)
         checked += 1
     assert checked >= sum(1 for o in OPSETS if 13 <= o <= hi and o >= lo)
+
+
+def test_conv_transpose_before_opset_11_writes_same_and_output_shape_as_pads():
+    """SAME meant ``output = input`` before opset 11 and an odd output_shape pad went to the other
+    side: older files get the pads written out, newer ones the attributes as they are."""
+    for attrs, pads in [({"auto_pad": "SAME_LOWER", "strides": [2, 2]}, [1, 1, 0, 0]),
+                        ({"output_shape": [14, 15], "strides": [2, 2]}, [1, 0, 0, 0])]:
+        graph = _chain(("ConvTranspose", attrs, {"w": np.full((4, 3, 3, 3), 0.1)}))()
+        (old,) = onnx_io.export_model(graph, opset=10).graph.node
+        written = {a.name: onnx.helper.get_attribute_value(a) for a in old.attribute}
+        assert written["pads"] == pads and "auto_pad" not in written and "output_shape" not in written
+        (new,) = onnx_io.export_model(graph, opset=11).graph.node
+        assert {a.name for a in new.attribute} == set(attrs) | {"group"}
 
 
 def test_opset_outside_an_ops_range_names_the_layer():

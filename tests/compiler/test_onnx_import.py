@@ -78,6 +78,8 @@ C4 = R.standard_normal(4).astype(np.float32)
 VAR4 = R.uniform(0.5, 1.5, 4).astype(np.float32)
 I64 = np.int64
 S9 = R.uniform(0.5, 1.5, 9).astype(np.float32)
+WT = (R.standard_normal((4, 3, 3, 3)) * 0.3).astype(np.float32)  # ConvTranspose: (C_in, C_out / group, KH, KW)
+WTG = (R.standard_normal((4, 3, 2, 2)) * 0.3).astype(np.float32)
 
 
 def conv(opset=11, w=W3, **attrs):
@@ -195,7 +197,17 @@ CASES = {
     "Squeeze-no-size-1-axes-opset13": (node("Squeeze", ["x"]), {}, 13),
     "Unsqueeze-attr-opset11": (node("Unsqueeze", ["x"], axes=[-1, 0]), {}, 11),
     "Unsqueeze-input-opset13": (node("Unsqueeze", ["x", "a"]), {"a": np.array([2], I64)}, 13),
-    # more elementwise ops
+    # transposed convolution and more elementwise ops
+    "ConvTranspose-pytorch-form-opset11": (node("ConvTranspose", ["x", "w", "b"], strides=[2, 2], pads=[1, 1, 1, 1],
+                                                output_padding=[1, 1]), {"w": WT, "b": B6[:3].copy()}, 11),
+    "ConvTranspose-group-dilated-no-bias-opset1": (node("ConvTranspose", ["x", "w"], group=2, strides=[3, 2],
+                                                        dilations=[1, 2]), {"w": WTG}, 1),
+    "ConvTranspose-output-shape-opset13": (node("ConvTranspose", ["x", "w", "b"], strides=[2, 2], output_shape=[18, 19]),
+                                           {"w": WT, "b": B6[:3].copy()}, 13),
+    "ConvTranspose-same-lower-opset22": (node("ConvTranspose", ["x", "w"], auto_pad="SAME_LOWER", strides=[2, 3]),
+                                         {"w": WT[:, :, :2].copy()}, 22),
+    "ConvTranspose-same-upper-stride1-opset9": (node("ConvTranspose", ["x", "w"], auto_pad="SAME_UPPER"),
+                                                {"w": WT[:, :, :2].copy()}, 9),
     "Exp-opset13": (node("Exp", ["x"]), {}, 13),
     "Log-opset6": (node("Log", ["x"]), {}, 6),  # nan for the negative half, as the reference
     "Neg-opset6": (node("Neg", ["x"]), {}, 6),
@@ -364,6 +376,24 @@ def test_unsupported_ops_are_all_reported_with_node_names_and_types():
     assert "relu1" not in message
     assert "Supported ops:" in message and "Conv" in message
     assert err.value.op_types == ["Hardmax", "LRN", "Round"]
+
+
+@pytest.mark.parametrize("attrs,match", [
+    ({"auto_pad": "SAME_UPPER", "strides": [2, 2]}, "SAME.*stride 1.*strides=\\[2, 2\\]"),
+    ({"output_shape": [18, 19], "strides": [2, 2]}, "output_shape.*even.*total pads=\\[1, 0\\]"),
+])
+def test_conv_transpose_forms_whose_meaning_changed_at_opset_11_are_refused_before(attrs, match):
+    model = make_model([node("ConvTranspose", ["x", "w"], **attrs)], [("x", [2, 4, 9, 9])], [("y", None)],
+                       {"w": WT}, opset=10, check=False)
+    with pytest.raises(UnsupportedOpError, match="'convtranspose_node'.*opset 10.*" + match):
+        onnx_io.import_model(model)
+
+
+def test_conv_transpose_output_shape_with_even_pads_reads_alike_at_every_opset():
+    for opset in (10, 11):
+        model = make_model([node("ConvTranspose", ["x", "w"], strides=[2, 2], output_shape=[17, 19])],
+                           [("x", [2, 4, 9, 9])], [("y", [2, 3, 17, 19])], {"w": WT}, opset=opset)
+        compare_with_reference(model, {"x": X})
 
 
 def test_configurations_ops_refuse_are_all_reported_too():

@@ -64,6 +64,9 @@ def test_unknown_op_lists_the_supported_ones():
     ("MaxPool", {"kernel_shape": [3, 2], "strides": [2, 2], "dilations": [2, 2]}, [("N", 3, 9, 9)], (5, 3), (2, 2)),
     ("AveragePool", {"kernel_shape": [2, 2], "strides": [2, 2]}, [("N", 3, 8, 8)], (2, 2), (2, 2)),
     ("Relu", {}, [("N", 3, 8, 8)], (1, 1), (1, 1)),
+    # an output pixel of a transposed conv sees ceil(dilated kernel / stride) input pixels
+    ("ConvTranspose", {"strides": [2, 3]}, [("N", 3, 5, 5), (3, 4, 3, 3)], (2, 1), (1, 1)),
+    ("ConvTranspose", {"dilations": [2, 1]}, [("N", 3, 5, 5), (3, 4, 3, 2)], (5, 2), (1, 1)),
 ])
 def test_receptive_field_is_kernel_extent_and_stride(op_type, attrs, in_shapes, extent, stride):
     op = REGISTRY[op_type](attrs, name="l")
@@ -73,6 +76,8 @@ def test_receptive_field_is_kernel_extent_and_stride(op_type, attrs, in_shapes, 
 
 @pytest.mark.parametrize("op_type,attrs,in_shapes,expected", [
     ("Conv", {"group": 2}, [("N", 4, 6, 6), (6, 2, 3, 3)], 6 * 4 * 4 * 2 * 3 * 3),
+    # every input pixel of every channel times its group's M/g x KH x KW weights
+    ("ConvTranspose", {"group": 2, "strides": [2, 2]}, [("N", 4, 5, 6), (4, 3, 3, 3)], 4 * 5 * 6 * 3 * 3 * 3),
     ("Gemm", {"transB": 1}, [("N", 20), (10, 20)], 20 * 10),
     ("Gemm", {}, [("N", 20), (20, 7)], 20 * 7),
     ("MaxPool", {"kernel_shape": [2, 2]}, [("N", 3, 8, 8)], 0),

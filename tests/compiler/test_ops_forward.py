@@ -248,6 +248,8 @@ def test_old_softmax_on_a_non_last_axis_is_rejected(import_context):
     ("Conv", ["x", "w"], {}, {"w": np.zeros((4, 3, 3), np.float32)}, "'n'.*2-D"),
     ("Conv", ["x", "w"], {"kernel_shape": [3, 3, 3]}, {}, "'n'.*2-D"),
     ("MaxPool", ["x"], {"kernel_shape": [2]}, {}, "'n'.*2-D"),
+    ("ConvTranspose", ["x", "w"], {}, {"w": np.zeros((3, 4, 3), np.float32)}, "'n'.*2-D"),
+    ("ConvTranspose", ["x", "w"], {"output_padding": [1]}, {}, "'n'.*2-D"),
     ("AveragePool", ["x"], {"kernel_shape": [2, 2], "pads": [1, 1, 1, 1, 1, 1]}, {}, "'n'.*2-D"),
 ])
 def test_from_onnx_rejects_what_it_cannot_support(op_type, node_inputs, attrs, constants, match, import_context):
@@ -291,6 +293,11 @@ def test_dilated_averagepool_needs_opset_19(export_context):
     ("Flatten", {"axis": 5}, [("N", 3, 4)], "axis"),
     ("Add", {}, [("N", 3, 4), ("N", 2, 4)], "broadcast"),
     ("Mul", {}, [("N", 3, 4), (5,)], "broadcast"),
+    ("ConvTranspose", {}, [("N", 3, 8, 8), (4, 2, 3, 3)], "input channels"),
+    ("ConvTranspose", {"group": 2}, [("N", 3, 8, 8), (3, 2, 3, 3)], "divisible by group"),
+    ("ConvTranspose", {}, [("N", 3, 4, 4), (3, 2, 3, 3), (3,)], "bias"),
+    ("ConvTranspose", {"pads": [2, 2, 2, 2]}, [("N", 3, 2, 2), (3, 2, 2, 2)], "crop away"),
+    ("ConvTranspose", {"output_shape": [20, 20]}, [("N", 3, 4, 4), (3, 2, 3, 3)], "negative pads"),
 ])
 def test_shape_errors_name_the_layer_and_values(op_type, attrs, in_shapes, match):
     op = REGISTRY[op_type](attrs, name="layer7")
@@ -312,6 +319,9 @@ def test_shape_errors_name_the_layer_and_values(op_type, attrs, in_shapes, match
     ("Dropout", {"ratio": 1.0}, "ratio"),
     ("Reshape", {"shape": [-1, -1]}, "at most one -1"),
     ("Relu", {"alpha": 1}, "unknown attribute"),
+    ("ConvTranspose", {"output_padding": [1, 1]}, "smaller than its stride or its dilation"),
+    ("ConvTranspose", {"output_shape": [4]}, "output_shape"),
+    ("ConvTranspose", {"auto_pad": "SAME_UPPER", "pads": [1, 1, 1, 1]}, "together"),
 ])
 def test_attribute_errors_name_the_layer_and_values(op_type, attrs, match):
     with pytest.raises(ModelDefinitionError, match=match) as info:
