@@ -178,3 +178,29 @@ def test_run_on_tvm_compiles_a_fixed_batch_model_once_whatever_the_input_size(tm
             np.testing.assert_array_equal(out["y"], np.maximum(x, 0))
     capsys.readouterr()
     assert len(list((tmp_path / "cache" / "edgecnn" / "bundles").iterdir())) == 1
+
+
+def test_a_pytorch_export_trains_through_the_cli(tmp_path, capsys):
+    """A PyTorch model exported with BatchNorm, a symbolic batch and x.view(x.size(0), -1) is
+    trained by `edgecnn train model.onnx` as the README says, and learns the digits."""
+    torch = pytest.importorskip("torch", reason="PyTorch is an optional test peer (pip install torch==2.13.0)")
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.BatchNorm2d(8)
+            self.fc = torch.nn.Linear(8 * 4 * 4, 10)
+
+        def forward(self, x):
+            y = torch.nn.functional.max_pool2d(torch.relu(self.bn(self.conv(x))), 2)
+            return self.fc(y.view(y.size(0), -1))
+
+    torch.manual_seed(0)
+    path = tmp_path / "net.onnx"
+    torch.onnx.export(Net().eval(), (torch.randn(1, 1, 8, 8),), str(path), dynamo=False, opset_version=17,
+                      do_constant_folding=False, input_names=["x"], dynamic_axes={"x": {0: "N"}})
+    assert main(["train", str(path), "--dataset", "digits", "--epochs", "3", "--json", "-o", str(tmp_path / "run")]) == 0
+    import json
+
+    report = json.loads(capsys.readouterr().out)
+    assert report["test_accuracy"] > 0.9, report
