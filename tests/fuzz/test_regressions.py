@@ -81,3 +81,42 @@ def test_ceil_mode_pool_whose_last_window_is_dropped_exports(layer, shape):
     # existing shape differ" (onnx's shape inference counts the dropped window)
     graph = L.Sequential([layer], input_shape=shape).build()
     _ort_matches_numpy(graph, _x(2, *shape))
+
+
+# -- corrupted files through the command line -------------------------------------------------------
+def _cli(capsys, *argv):
+    from edgecnn.compiler.cli import main
+
+    capsys.readouterr()
+    rc = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, err
+
+
+def _digits_onnx():
+    import onnx
+
+    from edgecnn.compiler import zoo
+
+    return onnx.ModelProto.FromString(onnx_io.export_model(zoo.build("digits-cnn")).SerializeToString())
+
+
+def _assert_one_line(rc, err, command, *fragments):
+    assert rc == 2, err
+    assert err.count("\n") == 1 and err.startswith(f"edgecnn {command}: error: "), err
+    for fragment in fragments:
+        assert fragment in err, err
+
+
+def test_string_initializer_read_by_a_node_is_refused(tmp_path, capsys):
+    # was: ValueError "could not convert string to float: 'w'" out of export (and run)
+    import onnx
+
+    model = _digits_onnx()
+    weight = model.graph.initializer[0]
+    weight.CopyFrom(onnx.helper.make_tensor(weight.name, onnx.TensorProto.STRING, list(weight.dims),
+                                            [b"w"] * int(np.prod(weight.dims))))
+    onnx.save(model, tmp_path / "m.onnx")
+    rc, err = _cli(capsys, "export", tmp_path / "m.onnx", "-o", tmp_path / "re.onnx")
+    _assert_one_line(rc, err, "export", "node 'conv1' (Conv) reads constant 'conv1.weight', which holds object "
+                                        "values; edgecnn parameters are real numbers. Received: dtype=object")
