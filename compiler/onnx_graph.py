@@ -18,9 +18,12 @@ def tensor_to_array(tensor, what: str) -> np.ndarray:
     try:
         return np.asarray(onnx.numpy_helper.to_array(tensor))
     except Exception as exc:  # size/shape disagreement in the stored data
+        try:
+            dtype = onnx.TensorProto.DataType.Name(tensor.data_type)
+        except ValueError:  # not an ONNX element type at all
+            dtype = f"{tensor.data_type} (no ONNX element type)"
         raise InputError(f"{what} '{tensor.name}' is malformed: its data does not match its declared shape "
-                         f"{tuple(tensor.dims)} and type {onnx.TensorProto.DataType.Name(tensor.data_type)}: "
-                         f"{exc}") from None
+                         f"{tuple(tensor.dims)} and type {dtype}: {exc}") from None
 
 
 def constant_node_value(node) -> np.ndarray:

@@ -120,3 +120,12 @@ def test_string_initializer_read_by_a_node_is_refused(tmp_path, capsys):
     rc, err = _cli(capsys, "export", tmp_path / "m.onnx", "-o", tmp_path / "re.onnx")
     _assert_one_line(rc, err, "export", "node 'conv1' (Conv) reads constant 'conv1.weight', which holds object "
                                         "values; edgecnn parameters are real numbers. Received: dtype=object")
+
+
+def test_initializer_of_no_onnx_element_type_is_refused(tmp_path, capsys):
+    # was: ValueError "Enum DataType has no name defined for value 99" while formatting the error
+    model = _digits_onnx()
+    model.graph.initializer[0].data_type = 99
+    (tmp_path / "m.onnx").write_bytes(model.SerializeToString())
+    rc, err = _cli(capsys, "summary", tmp_path / "m.onnx")
+    _assert_one_line(rc, err, "summary", "initializer 'conv1.weight' is malformed", "type 99 (no ONNX element type)")
