@@ -110,6 +110,8 @@ class Graph:
                     raise ModelDefinitionError(
                         node.name, "input tensor is not a graph input, a parameter or any node's output "
                         "(dangling input)", tensor=inp)
+        if not self.outputs:
+            raise ModelDefinitionError(None, "a graph needs at least one output", outputs=self.outputs)
         for out in self.outputs:
             if out not in producer and out not in defined:
                 raise ModelDefinitionError(None, "graph output is not produced by any node", output=out)

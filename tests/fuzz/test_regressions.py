@@ -129,3 +129,12 @@ def test_initializer_of_no_onnx_element_type_is_refused(tmp_path, capsys):
     (tmp_path / "m.onnx").write_bytes(model.SerializeToString())
     rc, err = _cli(capsys, "summary", tmp_path / "m.onnx")
     _assert_one_line(rc, err, "summary", "initializer 'conv1.weight' is malformed", "type 99 (no ONNX element type)")
+
+
+def test_graph_without_outputs_is_refused(tmp_path, capsys):
+    # was: imported and "ran", writing an .npz without arrays
+    model = _digits_onnx()
+    del model.graph.output[:]
+    (tmp_path / "m.onnx").write_bytes(model.SerializeToString())
+    rc, err = _cli(capsys, "summary", tmp_path / "m.onnx")
+    _assert_one_line(rc, err, "summary", "a graph needs at least one output. Received: outputs=[]")
