@@ -248,6 +248,9 @@ def load_onnx(source):
         raise InputError(f"{where} is not an ONNX model: it has no IR version, graph or opset "
                          f"(a truncated file or another format). Received: ir_version={model.ir_version}, "
                          f"nodes={len(model.graph.node)}, opsets={len(model.opset_import)}")
+    bad = _non_utf8_text(model, "model")
+    if bad is not None:  # protobuf hands such a proto2 string over as bytes, which nothing downstream expects
+        raise InputError(f"{where} is corrupted: {bad[0]} is not UTF-8 text. Received: {bad[0]}={bad[1]!r}")
     if base is not None and _has_external_data(model):
         from onnx.external_data_helper import load_external_data_for_model
 
@@ -256,6 +259,24 @@ def load_onnx(source):
         except (OSError, ValueError) as exc:
             raise InputError(f"{where}: cannot read its external weight data: {exc}") from None
     return model
+
+
+def _non_utf8_text(message, where: str):
+    """(field path, value) of the first string field of ``message`` (recursively) that is not UTF-8."""
+    from google.protobuf.descriptor import FieldDescriptor
+
+    for field, value in message.ListFields():
+        repeated = field.is_repeated if hasattr(field, "is_repeated") else field.label == field.LABEL_REPEATED
+        values = list(value) if repeated else [value]
+        for k, v in enumerate(values):
+            path = f"{where}.{field.name}" + (f"[{k}]" if repeated else "")
+            if field.type == FieldDescriptor.TYPE_STRING and isinstance(v, bytes):
+                return path, v
+            if field.type == FieldDescriptor.TYPE_MESSAGE:
+                found = _non_utf8_text(v, path)
+                if found is not None:
+                    return found
+    return None
 
 
 def _has_external_data(model) -> bool:

@@ -138,3 +138,14 @@ def test_graph_without_outputs_is_refused(tmp_path, capsys):
     (tmp_path / "m.onnx").write_bytes(model.SerializeToString())
     rc, err = _cli(capsys, "summary", tmp_path / "m.onnx")
     _assert_one_line(rc, err, "summary", "a graph needs at least one output. Received: outputs=[]")
+
+
+def test_text_that_is_not_utf8_is_refused(tmp_path, capsys):
+    # a flipped byte in an op type: protobuf handed b'\xc3onv' over as bytes and the unsupported-op
+    # listing failed with "TypeError: sequence item 0: expected str instance, bytes found"
+    data = bytearray(_digits_onnx().SerializeToString())
+    data[data.index(b"Conv")] ^= 0x80
+    (tmp_path / "m.onnx").write_bytes(bytes(data))
+    rc, err = _cli(capsys, "summary", tmp_path / "m.onnx")
+    _assert_one_line(rc, err, "summary", "is corrupted: model.graph.node[0].op_type is not UTF-8 text. "
+                                         "Received: model.graph.node[0].op_type=b'\\xc3onv'")
