@@ -81,7 +81,10 @@ class Op:
                 self.fail(f"{self.op_type} needs attribute '{key}'", attrs=given)
             else:
                 merged[key] = default
-        self.attrs = self.check_attrs(merged)
+        try:
+            self.attrs = self.check_attrs(merged)
+        except (TypeError, ValueError) as exc:  # e.g. int() of a string or a list: a mistyped attribute
+            self.fail(f"an attribute has the wrong type ({exc})", attrs=given)
 
     # -- errors -------------------------------------------------------------------------------
     def fail(self, rule: str, **values):

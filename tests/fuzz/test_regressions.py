@@ -149,3 +149,20 @@ def test_text_that_is_not_utf8_is_refused(tmp_path, capsys):
     rc, err = _cli(capsys, "summary", tmp_path / "m.onnx")
     _assert_one_line(rc, err, "summary", "is corrupted: model.graph.node[0].op_type is not UTF-8 text. "
                                          "Received: model.graph.node[0].op_type=b'\\xc3onv'")
+
+
+@pytest.mark.parametrize("op, attr, value", [("MaxPool", "ceil_mode", "SAME_UPPER"), ("Conv", "group", [1, 2]),
+                                             ("Flatten", "axis", "x")])
+def test_attribute_of_the_wrong_type_is_refused(tmp_path, capsys, op, attr, value):
+    # was: ValueError / TypeError from int() in the op's attribute checks
+    import onnx
+
+    model = _digits_onnx()
+    node = next(n for n in model.graph.node if n.op_type == op)
+    kept = [a for a in node.attribute if a.name != attr]
+    del node.attribute[:]
+    node.attribute.extend([*kept, onnx.helper.make_attribute(attr, value)])
+    (tmp_path / "m.onnx").write_bytes(model.SerializeToString())
+    rc, err = _cli(capsys, "summary", tmp_path / "m.onnx")
+    _assert_one_line(rc, err, "summary", f"Layer '{node.name}': {op}: an attribute has the wrong type (",
+                     f"Received: attrs={{")
