@@ -39,6 +39,9 @@ def check_feeds(graph: Graph, feeds: dict[str, np.ndarray], dtype=np.float32) ->
             raise InputError(f"input '{spec.name}' must have shape {spec.shape}. Received: shape={x.shape}")
         if not np.issubdtype(x.dtype, np.floating):
             raise InputError(f"input '{spec.name}' must be float32. Received: dtype={x.dtype}")
+        if 0 in x.shape:
+            raise InputError(f"input '{spec.name}' is empty: every dimension needs at least one element "
+                             f"(shape {spec.shape}). Received: shape={x.shape}")
         out[spec.name] = x.astype(dtype, copy=False)
     return out
 

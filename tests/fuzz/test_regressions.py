@@ -166,3 +166,12 @@ def test_attribute_of_the_wrong_type_is_refused(tmp_path, capsys, op, attr, valu
     rc, err = _cli(capsys, "summary", tmp_path / "m.onnx")
     _assert_one_line(rc, err, "summary", f"Layer '{node.name}': {op}: an attribute has the wrong type (",
                      f"Received: attrs={{")
+
+
+@pytest.mark.parametrize("backend", ["numpy", "onnxruntime"])
+def test_input_without_samples_is_refused(tmp_path, capsys, backend):
+    # was: ValueError "cannot reshape array of size 0 into shape (1,newaxis,0)" in the numpy backend
+    np.save(tmp_path / "x.npy", np.zeros((0, 1, 8, 8), np.float32))
+    rc, err = _cli(capsys, "run", "digits-cnn", "--backend", backend, "--input", tmp_path / "x.npy")
+    _assert_one_line(rc, err, "run", "input 'input' is empty: every dimension needs at least one element",
+                     "Received: shape=(0, 1, 8, 8)")
