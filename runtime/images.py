@@ -7,7 +7,6 @@ imported only when an image is read.
 """
 from __future__ import annotations
 
-import zipfile
 from pathlib import Path
 from typing import Sequence
 
@@ -19,22 +18,28 @@ from .errors import InputError, received
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 
+def _reason(exc: Exception) -> str:
+    """The first line of an exception's message (its type when it has none)."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
 def _load_npy(path: Path, inputs: Sequence[TensorInfo]) -> dict:
     if len(inputs) != 1:
         raise InputError(f"a .npy file holds one array but the model has {len(inputs)} inputs "
                          f"{[i.name for i in inputs]}; give an .npz with one array per input. {received(path=str(path))}")
     try:
         return {inputs[0].name: np.load(path, allow_pickle=False)}
-    except (ValueError, OSError, EOFError) as exc:
-        raise InputError(f"'{path}' is not a readable .npy array without pickles: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - a broken header is parsed as Python literals: ValueError,
+        # SyntaxError, tokenize.TokenError...; broken data: OSError, EOFError
+        raise InputError(f"'{path}' is not a readable .npy array without pickles: {_reason(exc)}") from None
 
 
 def _load_npz(path: Path, inputs: Sequence[TensorInfo]) -> dict:
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise InputError(f"'{path}' is not a readable .npz archive without pickles: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - as for .npy, plus zipfile.BadZipFile
+        raise InputError(f"'{path}' is not a readable .npz archive without pickles: {_reason(exc)}") from None
     names = [i.name for i in inputs]
     if sorted(arrays) != sorted(names):
         raise InputError(f"the .npz arrays must be named after the model inputs {names}. "
@@ -45,7 +50,7 @@ def _load_npz(path: Path, inputs: Sequence[TensorInfo]) -> dict:
 def load_image(path: Path, info: TensorInfo, preprocessing: dict | None) -> np.ndarray:
     """One image as a ``(C, H, W)`` float32 array, ready for the model."""
     try:
-        from PIL import Image, UnidentifiedImageError
+        from PIL import Image
     except ImportError:
         raise InputError("reading images needs Pillow (pip install pillow); or give .npy/.npz inputs") from None
     if len(info.shape) != 4 or info.shape[1] not in (1, 3):
@@ -57,8 +62,9 @@ def load_image(path: Path, info: TensorInfo, preprocessing: dict | None) -> np.n
             image = image.convert("L" if channels == 1 else "RGB")
             image = image.resize((width, height), Image.Resampling.BILINEAR)
             pixels = np.asarray(image, dtype=np.float32) / np.float32(255.0)
-    except (UnidentifiedImageError, OSError) as exc:
-        raise InputError(f"'{path}' is not a readable image: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - Pillow's decoders raise OSError, ValueError, SyntaxError,
+        # EOFError, struct.error, DecompressionBombError...: each a file that is not a readable image
+        raise InputError(f"'{path}' is not a readable image: {_reason(exc)}") from None
     pixels = pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
     if preprocessing:
         mean = np.asarray(preprocessing.get("mean", [0.0] * channels), dtype=np.float32)

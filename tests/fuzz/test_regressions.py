@@ -175,3 +175,36 @@ def test_input_without_samples_is_refused(tmp_path, capsys, backend):
     rc, err = _cli(capsys, "run", "digits-cnn", "--backend", backend, "--input", tmp_path / "x.npy")
     _assert_one_line(rc, err, "run", "input 'input' is empty: every dimension needs at least one element",
                      "Received: shape=(0, 1, 8, 8)")
+
+
+@pytest.mark.parametrize("blob", [b"P5", b"P5\n8 8\n"], ids=["pgm-magic", "pgm-header"])
+def test_truncated_image_is_refused(tmp_path, capsys, blob):
+    # was: ValueError "Reached EOF while reading header" out of Pillow
+    (tmp_path / "x.pgm").write_bytes(blob)
+    rc, err = _cli(capsys, "run", "digits-cnn", "--input", tmp_path / "x.pgm")
+    _assert_one_line(rc, err, "run", "x.pgm' is not a readable image: ")
+
+
+def _npy(arr) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, arr)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".npz"])
+def test_npy_with_a_broken_header_is_refused(tmp_path, capsys, suffix):
+    # a flipped byte in the header's Python literal: SyntaxError "source code string cannot contain
+    # null bytes" (tokenize.TokenError for others) out of np.load
+    blob = bytearray(_npy(np.zeros((1, 1, 8, 8), np.float32)))
+    blob[9] ^= 1
+    if suffix == ".npz":
+        import zipfile
+
+        with zipfile.ZipFile(tmp_path / "x.npz", "w") as zf:
+            zf.writestr("input.npy", bytes(blob))
+    else:
+        (tmp_path / "x.npy").write_bytes(bytes(blob))
+    rc, err = _cli(capsys, "run", "digits-cnn", "--input", tmp_path / f"x{suffix}")
+    _assert_one_line(rc, err, "run", f"x{suffix}' is not a readable {suffix} ")
