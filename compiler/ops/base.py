@@ -143,8 +143,24 @@ class Op:
         """
         import onnx.helper
 
-        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-        attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in attrs.items()}
+        from edgecnn.runtime.errors import InputError
+
+        attrs = {}
+        for a in node.attribute:
+            try:
+                value = onnx.helper.get_attribute_value(a)
+            except ValueError:  # an attribute type onnx does not know
+                value = None
+            if value is None:
+                raise InputError(f"Node '{node.name}' ({node.op_type}): attribute '{a.name}' holds no value of its "
+                                 f"declared type (a corrupted file?). Received: type={a.type}")
+            if isinstance(value, bytes):
+                try:
+                    value = value.decode()
+                except UnicodeDecodeError:
+                    raise InputError(f"Node '{node.name}' ({node.op_type}): attribute '{a.name}' is not UTF-8 "
+                                     f"text. Received: {a.name}={value!r}") from None
+            attrs[a.name] = value
         return attrs, list(node.input), list(node.output)
 
 

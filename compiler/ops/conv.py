@@ -129,6 +129,10 @@ class _Spatial2D(Op):
     @classmethod
     def from_onnx(cls, node, opset, ctx):
         attrs, inputs, outputs = super().from_onnx(node, opset, ctx)
+        for key in ("kernel_shape", "strides", "dilations", "pads", "output_padding", "output_shape"):
+            if key in attrs and not isinstance(attrs[key], (list, tuple)):
+                raise UnsupportedOpError(f"Node '{node.name}' ({node.op_type}): attribute '{key}' must be a list of "
+                                         f"integers. Received: {key}={attrs[key]!r}")
         spatial = {k: len(attrs[k]) for k in ("kernel_shape", "strides", "dilations") if k in attrs}
         if "pads" in attrs:
             spatial["pads"] = len(attrs["pads"]) // 2

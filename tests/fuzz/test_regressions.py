@@ -208,3 +208,39 @@ def test_npy_with_a_broken_header_is_refused(tmp_path, capsys, suffix):
         (tmp_path / "x.npy").write_bytes(bytes(blob))
     rc, err = _cli(capsys, "run", "digits-cnn", "--input", tmp_path / f"x{suffix}")
     _assert_one_line(rc, err, "run", f"x{suffix}' is not a readable {suffix} ")
+
+
+def test_attribute_that_is_not_utf8_is_refused(tmp_path, capsys):
+    # a flipped byte in auto_pad's "SAME_UPPER": UnicodeDecodeError out of the importer
+    data = bytearray(_digits_onnx().SerializeToString())
+    data[data.index(b"SAME_UPPER")] ^= 0x80
+    (tmp_path / "m.onnx").write_bytes(bytes(data))
+    rc, err = _cli(capsys, "summary", tmp_path / "m.onnx")
+    _assert_one_line(rc, err, "summary", "Node 'conv1' (Conv): attribute 'auto_pad' is not UTF-8 text. "
+                                         "Received: auto_pad=b'\\xd3AME_UPPER'")
+
+
+def test_attribute_without_a_value_of_its_type_is_refused(tmp_path, capsys):
+    # a flipped type byte made it UNDEFINED: TypeError "object of type 'NoneType' has no len()"
+    import onnx
+
+    model = _digits_onnx()
+    attr = next(a for a in model.graph.node[0].attribute if a.name == "kernel_shape")
+    attr.type = onnx.AttributeProto.UNDEFINED
+    (tmp_path / "m.onnx").write_bytes(model.SerializeToString())
+    rc, err = _cli(capsys, "summary", tmp_path / "m.onnx")
+    _assert_one_line(rc, err, "summary", "Node 'conv1' (Conv): attribute 'kernel_shape' holds no value of its "
+                                         "declared type")
+
+
+def test_spatial_attribute_that_is_not_a_list_is_refused(tmp_path, capsys):
+    # kernel_shape read as an INT: TypeError "object of type 'int' has no len()"
+    import onnx
+
+    model = _digits_onnx()
+    attr = next(a for a in model.graph.node[0].attribute if a.name == "kernel_shape")
+    attr.CopyFrom(onnx.helper.make_attribute("kernel_shape", 3))
+    (tmp_path / "m.onnx").write_bytes(model.SerializeToString())
+    rc, err = _cli(capsys, "summary", tmp_path / "m.onnx")
+    _assert_one_line(rc, err, "summary", "Node 'conv1' (Conv): attribute 'kernel_shape' must be a list of integers. "
+                                         "Received: kernel_shape=3")
