@@ -138,9 +138,7 @@ class Graph:
         shapes.update({k: tuple(v.shape) for k, v in self.params.items()})
         for node in self.nodes:
             op = make_op(node)
-            lo, hi = op.arity
-            if not lo <= len(node.inputs) <= hi:
-                op.fail(f"takes {lo}..{hi} inputs", inputs=node.inputs)
+            op.check_inputs(node.inputs)
             in_shapes = [shapes.get(i) if i else None for i in node.inputs]
             out_shapes = op.infer_shapes(in_shapes)
             for shape in out_shapes:

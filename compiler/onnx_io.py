@@ -476,6 +476,7 @@ def import_model(source, name: str | None = None) -> Graph:
             raise type(exc)(f"node '{node.name}' ({node.op_type}): {exc}") from None
         ins = [resolve(i) if i else "" for i in ins]
         ir_node = Node(node.op_type, node.name, ins, list(outs), dict(attrs))
+        make_op(ir_node).check_inputs(ir_node.inputs)
         folded = _fold(ir_node, constants)
         if folded is not None:
             constants.update(folded)

@@ -86,6 +86,15 @@ class Op:
         except (TypeError, ValueError) as exc:  # e.g. int() of a string or a list: a mistyped attribute
             self.fail(f"an attribute has the wrong type ({exc})", attrs=given)
 
+    def check_inputs(self, inputs: list[str]):
+        """The node's input names against ``arity``: how many, and no required one empty (absent)."""
+        lo, hi = self.arity
+        if not lo <= len(inputs) <= hi:
+            self.fail(f"takes {lo}..{hi} inputs", inputs=inputs)
+        missing = [i for i in range(lo) if not inputs[i]]
+        if missing:
+            self.fail(f"input {missing[0]} is required but empty", inputs=inputs)
+
     # -- errors -------------------------------------------------------------------------------
     def fail(self, rule: str, **values):
         raise ModelDefinitionError(self.name or None, f"{self.op_type}: {rule}", **values)

@@ -244,3 +244,16 @@ def test_spatial_attribute_that_is_not_a_list_is_refused(tmp_path, capsys):
     rc, err = _cli(capsys, "summary", tmp_path / "m.onnx")
     _assert_one_line(rc, err, "summary", "Node 'conv1' (Conv): attribute 'kernel_shape' must be a list of integers. "
                                          "Received: kernel_shape=3")
+
+
+@pytest.mark.parametrize("node_index, position", [(1, 0), (0, 1)], ids=["relu-data", "conv-weight"])
+def test_required_input_left_empty_is_refused(tmp_path, capsys, node_index, position):
+    # an empty input name (ONNX's "absent") where the op needs one: TypeError "'NoneType' object is
+    # not iterable" in shape inference, or a NumPy error from the constant folding of the rest
+    model = _digits_onnx()
+    node = model.graph.node[node_index]
+    node.input[position] = ""
+    (tmp_path / "m.onnx").write_bytes(model.SerializeToString())
+    rc, err = _cli(capsys, "summary", tmp_path / "m.onnx")
+    _assert_one_line(rc, err, "summary", f"Layer '{node.name}': {node.op_type}: input {position} is required but "
+                                         "empty. Received: inputs=")
