@@ -90,6 +90,8 @@ class _Spatial2D(Op):
         strides = _pair(self.attrs.get("strides"), 1)
         dilations = _pair(self.attrs.get("dilations"), 1)
         spatial = tuple(x_shape[2:4])
+        if any(isinstance(d, str) for d in spatial):
+            self.fail("spatial dimensions must be known integers", input_shape=tuple(x_shape))
         pads = _shapes.resolve_pads(self.attrs.get("auto_pad", "NOTSET"), self.attrs.get("pads"), spatial,
                                     kernel, strides, dilations)
         ceil_mode = bool(self.attrs.get("ceil_mode", 0))

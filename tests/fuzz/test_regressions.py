@@ -257,3 +257,13 @@ def test_required_input_left_empty_is_refused(tmp_path, capsys, node_index, posi
     rc, err = _cli(capsys, "summary", tmp_path / "m.onnx")
     _assert_one_line(rc, err, "summary", f"Layer '{node.name}': {node.op_type}: input {position} is required but "
                                          "empty. Received: inputs=")
+
+
+def test_conv_on_a_symbolic_spatial_dimension_is_refused(tmp_path, capsys):
+    # an input declared (N, 1, 'H', 8): TypeError "bad operand type for unary -: 'str'" in the pad arithmetic
+    model = _digits_onnx()
+    model.graph.input[0].type.tensor_type.shape.dim[2].dim_param = "H"
+    (tmp_path / "m.onnx").write_bytes(model.SerializeToString())
+    rc, err = _cli(capsys, "summary", tmp_path / "m.onnx")
+    _assert_one_line(rc, err, "summary", "Layer 'conv1': Conv: spatial dimensions must be known integers. "
+                                         "Received: input_shape=('N', 1, 'H', 8)")
