@@ -267,3 +267,14 @@ def test_conv_on_a_symbolic_spatial_dimension_is_refused(tmp_path, capsys):
     rc, err = _cli(capsys, "summary", tmp_path / "m.onnx")
     _assert_one_line(rc, err, "summary", "Layer 'conv1': Conv: spatial dimensions must be known integers. "
                                          "Received: input_shape=('N', 1, 'H', 8)")
+
+
+def test_error_naming_a_tensor_with_a_newline_stays_one_line(tmp_path, capsys):
+    # names come from the file: a corrupted one may hold a newline or other control characters
+    # (\x1e, which str.splitlines also breaks at), and the error printed them raw, on two lines
+    model = _digits_onnx()
+    model.graph.node[1].input[0] = "conv1\nrelu\x1e"
+    (tmp_path / "m.onnx").write_bytes(model.SerializeToString())
+    rc, err = _cli(capsys, "summary", tmp_path / "m.onnx")
+    _assert_one_line(rc, err, "summary", "reads 'conv1\\nrelu\\x1e'")
+    assert err[:-1].isprintable()
