@@ -42,13 +42,17 @@ class _Pool2D(_Spatial2D):
             # a window could lie wholly in the padding (no value to take); onnxruntime refuses these too
             self.fail("pads must be smaller than the kernel on each axis", kernel_shape=list(kernel),
                       pads=list(pads), auto_pad=self.attrs.get("auto_pad", "NOTSET"))
-        for i in range(2):  # dilated taps can still all miss the input
-            empty = [o for o in range(out[i]) if not any(
-                pads[i] <= o * strides[i] + j * dilations[i] < pads[i] + x[2 + i] for j in range(kernel[i]))]
-            if empty:
-                self.fail(f"every window must have a tap on the input; window {empty[0]} of axis {2 + i} reads "
-                          "only padding", input_shape=tuple(x), kernel_shape=list(kernel), strides=list(strides),
-                          dilations=list(dilations), pads=list(pads))
+        for i in range(2):
+            # Dilated taps can still all miss an input narrower than the dilation: only a window that
+            # starts in the begin padding can (one starting on the input has its first tap there); its
+            # first tap at or past the input's start is (start - pad) mod dilation past it.
+            p, s, d, size = pads[i], strides[i], dilations[i], x[2 + i]
+            if size < d:
+                empty = next((o for o in range(min(out[i], -(-p // s))) if (o * s - p) % d >= size), None)
+                if empty is not None:
+                    self.fail(f"every window must have a tap on the input; window {empty} of axis {2 + i} reads "
+                              "only padding", input_shape=tuple(x), kernel_shape=list(kernel),
+                              strides=list(strides), dilations=list(dilations), pads=list(pads))
         return [(x[0], x[1], out[0], out[1])]
 
     def padded_geometry(self, x_shape):

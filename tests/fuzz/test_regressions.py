@@ -278,3 +278,28 @@ def test_error_naming_a_tensor_with_a_newline_stays_one_line(tmp_path, capsys):
     rc, err = _cli(capsys, "summary", tmp_path / "m.onnx")
     _assert_one_line(rc, err, "summary", "reads 'conv1\\nrelu\\x1e'")
     assert err[:-1].isprintable()
+
+
+def test_pool_empty_window_check_matches_tap_by_tap():
+    # the check runs in bounded time whatever the attributes (it used to walk every tap of every
+    # window); here it agrees with walking them on small pools
+    import itertools
+
+    from edgecnn.compiler.ops import make_op
+    from edgecnn.compiler.ir import Node
+
+    for size, k, s, d, pb, pe in itertools.product(range(1, 5), range(1, 4), range(1, 3), range(1, 4), range(3),
+                                                   range(3)):
+        if pb >= k or pe >= k or size + pb + pe < d * (k - 1) + 1:
+            continue
+        out = (size + pb + pe - d * (k - 1) - 1) // s + 1
+        empty = any(not any(pb <= o * s + j * d < pb + size for j in range(k)) for o in range(out))
+        op = make_op(Node("MaxPool", "pool", ["x"], ["y"], {"kernel_shape": [1, k], "strides": [1, s],
+                                                             "dilations": [1, d], "pads": [0, pb, 0, pe]}))
+        try:
+            op.infer_shapes([(1, 1, 1, size)])
+            refused = False
+        except ModelDefinitionError as exc:
+            assert "reads only padding" in str(exc)
+            refused = True
+        assert refused == empty, (size, k, s, d, pb, pe)
