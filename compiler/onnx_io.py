@@ -265,14 +265,14 @@ def _non_utf8_text(message, where: str):
     """(field path, value) of the first string field of ``message`` (recursively) that is not UTF-8."""
     from google.protobuf.descriptor import FieldDescriptor
 
-    for field, value in message.ListFields():
-        repeated = field.is_repeated if hasattr(field, "is_repeated") else field.label == field.LABEL_REPEATED
+    for desc, value in message.ListFields():
+        repeated = desc.is_repeated if hasattr(desc, "is_repeated") else desc.label == desc.LABEL_REPEATED
         values = list(value) if repeated else [value]
         for k, v in enumerate(values):
-            path = f"{where}.{field.name}" + (f"[{k}]" if repeated else "")
-            if field.type == FieldDescriptor.TYPE_STRING and isinstance(v, bytes):
+            path = f"{where}.{desc.name}" + (f"[{k}]" if repeated else "")
+            if desc.type == FieldDescriptor.TYPE_STRING and isinstance(v, bytes):
                 return path, v
-            if field.type == FieldDescriptor.TYPE_MESSAGE:
+            if desc.type == FieldDescriptor.TYPE_MESSAGE:
                 found = _non_utf8_text(v, path)
                 if found is not None:
                     return found
