@@ -51,7 +51,10 @@ def _run_onnxruntime(model: Loaded, feeds: dict) -> dict:
     except Exception as exc:  # onnxruntime's own exception types are not importable in a stable way
         raise InputError(f"onnxruntime cannot load '{model.spec}': {str(exc).strip().splitlines()[0]}") from None
     names = [o.name for o in session.get_outputs()]
-    return dict(zip(names, session.run(names, feeds)))
+    try:
+        return dict(zip(names, session.run(names, feeds)))
+    except Exception as exc:  # e.g. InvalidArgument: inputs the file's own declarations refuse
+        raise InputError(f"onnxruntime cannot run '{model.spec}': {' '.join(str(exc).split())}") from None
 
 
 #: backend name -> function(Loaded, feeds {input name: float32 array}) -> {output name: array};

@@ -303,3 +303,14 @@ def test_pool_empty_window_check_matches_tap_by_tap():
             assert "reads only padding" in str(exc)
             refused = True
         assert refused == empty, (size, k, s, d, pb, pe)
+
+
+def test_onnxruntime_refusing_the_inputs_at_run_time_is_one_line(tmp_path, capsys):
+    # the file declares batch 0, which edgecnn reads as symbolic and onnxruntime as 0: its
+    # InvalidArgument ("Got invalid dimensions for input") escaped session.run
+    model = _digits_onnx()
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 0
+    (tmp_path / "m.onnx").write_bytes(model.SerializeToString())
+    np.save(tmp_path / "x.npy", np.zeros((2, 1, 8, 8), np.float32))
+    rc, err = _cli(capsys, "run", tmp_path / "m.onnx", "--backend", "onnxruntime", "--input", tmp_path / "x.npy")
+    _assert_one_line(rc, err, "run", "onnxruntime cannot run '", "Got invalid dimensions for input: input")
