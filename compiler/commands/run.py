@@ -212,6 +212,14 @@ def run(args) -> int:
                   {"model": args.model, "backend": args.backend})
 
 
+def _finite(ranked: list | None) -> list | None:
+    """``ranked`` with a probability that is NaN or infinite (NaN outputs) as None: JSON has no NaN."""
+    if ranked is None:
+        return None
+    return [[{**c, "probability": c["probability"] if np.isfinite(c["probability"]) else None} for c in row]
+            for row in ranked]
+
+
 def report(args, title: str, feeds: dict, outputs: dict, ranked: list | None, seconds: float, facts: dict) -> int:
     """Write ``-o OUT.npz`` and print the result (text, or one JSON document with ``--json``).
 
@@ -224,7 +232,7 @@ def report(args, title: str, feeds: dict, outputs: dict, ranked: list | None, se
             **facts, "seconds": seconds,
             "inputs": {k: list(v.shape) for k, v in feeds.items()},
             "outputs": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in outputs.items()},
-            "output_file": args.output, "top": ranked,
+            "output_file": args.output, "top": _finite(ranked),
         }, indent=1))
         return 0
     shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in feeds.items())

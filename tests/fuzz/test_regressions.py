@@ -314,3 +314,23 @@ def test_onnxruntime_refusing_the_inputs_at_run_time_is_one_line(tmp_path, capsy
     np.save(tmp_path / "x.npy", np.zeros((2, 1, 8, 8), np.float32))
     rc, err = _cli(capsys, "run", tmp_path / "m.onnx", "--backend", "onnxruntime", "--input", tmp_path / "x.npy")
     _assert_one_line(rc, err, "run", "onnxruntime cannot run '", "Got invalid dimensions for input: input")
+
+
+def test_run_json_of_nan_outputs_is_strict_json(tmp_path, capsys):
+    # NaN logits gave "probability": NaN, which no strict JSON reader takes
+    import json
+
+    x = np.zeros((1, 1, 8, 8), np.float32)
+    x[0, 0, 0, 0] = np.nan
+    np.save(tmp_path / "x.npy", x)
+    capsys.readouterr()
+    from edgecnn.compiler.cli import main
+
+    assert main(["run", "digits-cnn", "--input", str(tmp_path / "x.npy"), "--json"]) == 0
+    out = capsys.readouterr().out
+
+    def refuse(constant):
+        raise AssertionError(constant)
+
+    doc = json.loads(out, parse_constant=refuse)
+    assert doc["top"][0][0]["probability"] is None
