@@ -19,6 +19,6 @@ _COMMON = dict(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 
-settings.register_profile("ci", max_examples=60, derandomize=True, **_COMMON)
+settings.register_profile("ci", max_examples=100, derandomize=True, **_COMMON)
 settings.register_profile("slow", max_examples=2000, **_COMMON)
 settings.load_profile("slow" if os.environ.get("EDGECNN_FUZZ") == "slow" else "ci")

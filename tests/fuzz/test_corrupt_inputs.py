@@ -59,6 +59,15 @@ def invoke(capsys, argv):
     return rc, out, err
 
 
+def _strict(constant):
+    raise AssertionError(f"--json printed {constant}, which JSON has no literal for")
+
+
+def assert_json(stdout):
+    """One JSON document, strictly: no NaN or Infinity (Python's json writes and reads them, JSON has none)."""
+    return json.loads(stdout, parse_constant=_strict)
+
+
 def assert_clean(rc, out, err, command, output=None):
     note(f"exit {rc}; stderr: {err!r}; stdout: {out[:500]!r}")
     assert "Traceback" not in err and "Traceback" not in out
@@ -273,19 +282,20 @@ def corrupt_onnx(draw, data: bytes):
 COMMANDS = ["summary", "run-numpy", "run-onnxruntime", "export"]
 
 
-def _drive(capsys, command, model_path, x_path, tmp):
+def _drive(capsys, command, model_path, x_path, tmp, as_json):
+    flags = ["--json"] if as_json else []
     if command == "summary":
-        return "summary", None, invoke(capsys, ["summary", model_path])
+        return "summary", None, invoke(capsys, ["summary", model_path, *flags])
     if command == "export":
-        return "export", None, invoke(capsys, ["export", model_path, "-o", tmp / "re.onnx"])
+        return "export", None, invoke(capsys, ["export", model_path, "-o", tmp / "re.onnx", *flags])
     out = tmp / "out.npz"
     backend = command.split("-")[1]
-    return "run", out, invoke(capsys, ["run", model_path, "--backend", backend, "--input", x_path, "-o", out])
+    return "run", out, invoke(capsys, ["run", model_path, "--backend", backend, "--input", x_path, "-o", out, *flags])
 
 
 @CAPSYS
-@given(st.sampled_from(list(MODELS)), st.data(), st.sampled_from(COMMANDS))
-def test_corrupted_onnx_files_fail_cleanly(base, capsys, name, data, command):
+@given(st.sampled_from(list(MODELS)), st.data(), st.sampled_from(COMMANDS), st.booleans())
+def test_corrupted_onnx_files_fail_cleanly(base, capsys, name, data, command, as_json):
     original, x = base[name]
     blob, what, done = data.draw(corrupt_onnx(original))
     note(f"{name}: {what}")
@@ -295,8 +305,10 @@ def test_corrupted_onnx_files_fail_cleanly(base, capsys, name, data, command):
         tmp = Path(tmp)
         (tmp / "m.onnx").write_bytes(blob)
         np.save(tmp / "x.npy", x)
-        cmd, out, (rc, stdout, stderr) = _drive(capsys, command, tmp / "m.onnx", tmp / "x.npy", tmp)
+        cmd, out, (rc, stdout, stderr) = _drive(capsys, command, tmp / "m.onnx", tmp / "x.npy", tmp, as_json)
         assert_clean(rc, stdout, stderr, cmd, out if rc == 0 else None)
+        if rc == 0 and as_json:
+            assert_json(stdout)
 
 
 # =============================================================================================
@@ -469,7 +481,7 @@ def test_corrupted_inputs_fail_cleanly(base, capsys, data, model, backend, as_js
         assert not marker.exists(), "a pickle was loaded"
         assert_clean(rc, stdout, stderr, "run", out if rc == 0 else None)
         if rc == 0 and as_json:
-            json.loads(stdout)
+            assert_json(stdout)
 
 
 # =============================================================================================
