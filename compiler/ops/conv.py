@@ -99,6 +99,14 @@ class _Spatial2D(Op):
                                         ceil_mode) for i in range(2))
         return kernel, strides, dilations, pads, out
 
+    def check_grouped(self, attrs: dict) -> dict:
+        """``check_common`` plus the ``group`` of a convolution (Conv, ConvTranspose)."""
+        attrs = self.check_common(attrs)
+        attrs["group"] = int(attrs["group"])
+        if attrs["group"] < 1:
+            self.fail("group must be a positive integer", group=attrs["group"])
+        return attrs
+
     def check_common(self, attrs: dict) -> dict:
         for key in ("strides", "dilations", "kernel_shape"):
             if attrs.get(key) is not None:
@@ -216,10 +224,7 @@ class Conv(_Spatial2D):
     onnx_opsets = (1, 99)
 
     def check_attrs(self, attrs):
-        attrs = self.check_common(attrs)
-        attrs["group"] = int(attrs["group"])
-        if attrs["group"] < 1:
-            self.fail("group must be a positive integer", group=attrs["group"])
+        attrs = self.check_grouped(attrs)
         return attrs
 
     def infer_shapes(self, in_shapes):
@@ -341,10 +346,7 @@ class ConvTranspose(_Spatial2D):
     onnx_opsets = (1, 99)
 
     def check_attrs(self, attrs):
-        attrs = self.check_common(attrs)
-        attrs["group"] = int(attrs["group"])
-        if attrs["group"] < 1:
-            self.fail("group must be a positive integer", group=attrs["group"])
+        attrs = self.check_grouped(attrs)
         strides = _pair(attrs["strides"], 1)
         dilations = _pair(attrs["dilations"], 1)
         if attrs["output_padding"] is not None:

@@ -16,6 +16,7 @@ so a tie passes the gradient exactly once.
 """
 from __future__ import annotations
 
+import abc
 from typing import ClassVar
 
 import numpy as np
@@ -24,7 +25,7 @@ from .base import Op, register
 from .tensor import _export_axis, _normalize_axis, constant_input
 
 
-class _Reduce(Op):
+class _Reduce(Op, metaclass=abc.ABCMeta):
     attr_defaults = {"axes": None, "keepdims": 1, "noop_with_empty_axes": 0}
     onnx_opsets = (1, 99)
     #: the first opset where ``axes`` is an input (and ``noop_with_empty_axes`` exists)
@@ -89,16 +90,17 @@ class _Reduce(Op):
         kept = tuple(1 if i in axes else d for i, d in enumerate(x_shape))
         return [self.spread(dy.reshape(kept), x_shape, axes, extra).astype(dy.dtype, copy=False)]
 
+    @abc.abstractmethod
     def reduce(self, x, axes):
-        raise NotImplementedError
+        """The reduction of ``x`` over ``axes``, keeping them as size 1."""
 
     def keep(self, x, axes):
         """What the backward needs: (input shape, axes, op-specific extra)."""
         return (x.shape, axes, None)
 
+    @abc.abstractmethod
     def spread(self, dy_kept, x_shape, axes, extra):
         """The input gradient from the output gradient with the reduced axes kept as size 1."""
-        raise NotImplementedError
 
     # -- ONNX -----------------------------------------------------------------------------
     def to_onnx(self, inputs, outputs, opset, ctx):

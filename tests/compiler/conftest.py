@@ -1,6 +1,13 @@
 """Shared fixtures of the compiler tests."""
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
+
+# bench/ is not a package; its torchvision zoo (architectures, exports) is shared with the tests.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+import torchvision_zoo  # noqa: E402
 
 
 # -- torch_mirror: the same graph as a PyTorch module (an independent reference) -------------------
@@ -201,6 +208,18 @@ def torch_mirror():
     """``graph_to_torch(graph, dtype=None) -> torch.nn.Module``; skips when PyTorch is absent."""
     pytest.importorskip("torch", reason="PyTorch is an optional test peer (pip install torch==2.13.0)")
     return graph_to_torch
+
+
+@pytest.fixture(scope="session")
+def torchvision_models():
+    """``torchvision.models`` (pure-Python definitions, bench/torchvision_zoo.py); skips, saying
+    what to install, without PyTorch or torchvision (CI installs both)."""
+    pytest.importorskip("torch", reason="PyTorch is an optional test peer (pip install torch==2.13.0)")
+    models = torchvision_zoo.torchvision_models()
+    if models is None:
+        pytest.skip("torchvision is not installed (pip install --no-deps torchvision==0.28.0)")
+    return models
+
 
 # -- op test tables ----------------------------------------------------------------------------
 # Op test tables: the configurations every op is checked in.

@@ -67,20 +67,6 @@ def test_sgd_steps_match_pytorch(name, torch_mirror):
             assert_close(f"step {step} updated {pname}", value, module.tensors[pname].detach().numpy())
 
 
-def _torchvision_models():
-    import sys
-    from pathlib import Path
-
-    pytest.importorskip("torch", reason="PyTorch is an optional test peer (pip install torch==2.13.0)")
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-    import torchvision_zoo
-
-    models = torchvision_zoo.torchvision_models()
-    if models is None:
-        pytest.skip("torchvision is not installed (pip install --no-deps torchvision==0.28.0)")
-    return models
-
-
 def _one_sgd_step(net, path, x, labels, dtype):
     """(edgecnn's updated parameters, PyTorch's) after one SGD step in ``dtype`` from the same
     weights: the ONNX file ``path`` imported and trained by edgecnn, ``net`` by torch.optim.SGD."""
@@ -106,7 +92,7 @@ def _one_sgd_step(net, path, x, labels, dtype):
     return {k: v for k, v in graph.params.items() if k in theirs}, theirs
 
 
-def test_sgd_step_of_an_imported_torchvision_resnet18_matches_pytorch(tmp_path):
+def test_sgd_step_of_an_imported_torchvision_resnet18_matches_pytorch(tmp_path, torchvision_models):
     """torchvision's ResNet-18 exported by PyTorch (BatchNorm kept as nodes), imported, and
     trained one step by edgecnn: every updated weight and running mean matches torch.optim.SGD on
     the same module in training mode to 1e-5 in float64 arithmetic on both sides; in float32 each
@@ -116,9 +102,8 @@ def test_sgd_step_of_an_imported_torchvision_resnet18_matches_pytorch(tmp_path):
     amplifies float32 rounding to ~5e-5 of a weight's scale in PyTorch itself (measured here)."""
     import torch
 
-    models = _torchvision_models()
     torch.manual_seed(0)
-    net = models.resnet18(num_classes=10).eval()
+    net = torchvision_models.resnet18(num_classes=10).eval()
     rng = np.random.default_rng(5)
     x = rng.standard_normal((4, 3, 32, 32)).astype(np.float32)
     labels = rng.integers(0, 10, size=4)

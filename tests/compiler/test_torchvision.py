@@ -5,16 +5,11 @@ PyTorch's own output: rtol 1e-4, atol 1e-4 x the output's magnitude.
 The exports are the real torchvision definitions (bench/torchvision_zoo.py), at small inputs so
 CI stays inside its time; bench/torchvision_models.py runs them at 224x224.
 """
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
+import torchvision_zoo  # bench/, put on the path by tests/compiler/conftest.py
 
 from edgecnn.compiler.cli import main
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-import torchvision_zoo  # noqa: E402  (bench/ is not a package; the zoo is shared with the benchmarks)
 
 NAMES = sorted(torchvision_zoo.ARCHITECTURES)
 # The biggest compiles; the rest of the zoo keeps the TVM road covered in the default tier.
@@ -22,10 +17,7 @@ SLOW_ON_TVM = {"alexnet", "vgg11_bn", "inception_v3", "resnext50_32x4d", "convne
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    pytest.importorskip("torch", reason="PyTorch is an optional test peer (pip install torch==2.13.0)")
-    if torchvision_zoo.torchvision_models() is None:
-        pytest.skip("torchvision is not installed (pip install --no-deps torchvision==0.28.0)")
+def exported(tmp_path_factory, torchvision_models):
     root = tmp_path_factory.mktemp("torchvision")
     cache = {}
 
@@ -64,12 +56,11 @@ def test_architecture_matches_pytorch_compiled_for_this_cpu(name, exported, caps
     _run_and_compare(capsys, tmp_path, exported, name, "tvm")
 
 
-def test_a_dynamic_batch_shufflenet_runs_on_the_numpy_backend(tmp_path, capsys):
+def test_a_dynamic_batch_shufflenet_runs_on_the_numpy_backend(tmp_path, capsys, torchvision_models):
     """Exported with a symbolic batch, ShuffleNetV2's channel shuffle reads the batch from Shape:
     the reshape targets become "copy the batch" constants, so the IR runs any batch."""
-    torch = pytest.importorskip("torch", reason="PyTorch is an optional test peer (pip install torch==2.13.0)")
-    if torchvision_zoo.torchvision_models() is None:
-        pytest.skip("torchvision is not installed (pip install --no-deps torchvision==0.28.0)")
+    import torch
+
     net = torchvision_zoo.build("shufflenet_v2_x1_0")
     path = tmp_path / "shufflenet.onnx"
     x = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(2))

@@ -11,9 +11,6 @@ runs ``edgecnn compile`` and ``edgecnn verify --against onnxruntime`` on it.
 """
 from __future__ import annotations
 
-import importlib.util
-import sys
-import types
 
 import numpy as np
 import onnx
@@ -159,33 +156,14 @@ def test_shuffle_unit_bundle_for_host_matches_onnxruntime(tmp_path):
     np.testing.assert_allclose(got, _onnxruntime(model, feeds), rtol=RTOL, atol=ATOL)
 
 
-def torchvision_models():
-    """torchvision's pure-Python model definitions, or None when torchvision is not installed.
-
-    torchvision's package __init__ loads its compiled ops, which fail to load with other torch
-    builds; a stub package with the same search path imports ``torchvision.models`` without them.
-    """
-    if "torchvision.models" in sys.modules:
-        return sys.modules["torchvision.models"]
-    spec = importlib.util.find_spec("torchvision")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    if "torchvision" not in sys.modules:
-        package = types.ModuleType("torchvision")
-        package.__path__ = list(spec.submodule_search_locations)
-        sys.modules["torchvision"] = package
-    return importlib.import_module("torchvision.models")
-
-
 @pytest.mark.slow
-def test_shufflenet_v2_compiles_for_host_and_verifies_against_onnxruntime(tmp_path, monkeypatch, capsys):
-    torch = pytest.importorskip("torch", reason="PyTorch is an optional test peer (pip install torch==2.13.0)")
-    models = torchvision_models()
-    if models is None:
-        pytest.skip("torchvision is not installed (pip install --no-deps torchvision==0.28.0)")
+def test_shufflenet_v2_compiles_for_host_and_verifies_against_onnxruntime(tmp_path, monkeypatch, capsys,
+                                                                          torchvision_models):
+    import torch
+
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     torch.manual_seed(0)
-    net = models.shufflenet_v2_x1_0().eval()
+    net = torchvision_models.shufflenet_v2_x1_0().eval()
     path = tmp_path / "shufflenet_v2_x1_0.onnx"
     torch.onnx.export(net, (torch.randn(1, 3, 32, 32),), str(path), dynamo=False, opset_version=17)
 
