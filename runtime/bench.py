@@ -28,12 +28,26 @@ class LatencyStats:
     def to_dict(self) -> dict:
         return dict(self.__dict__)
 
-    def row(self, name: str) -> str:
-        return (f"{name:<16} {self.p50_ms:>9.3f} {self.p90_ms:>9.3f} {self.p99_ms:>9.3f} {self.mean_ms:>9.3f} "
+    def row(self, name: str, width: int = 16) -> str:
+        return (f"{name:<{width}} {self.p50_ms:>9.3f} {self.p90_ms:>9.3f} {self.p99_ms:>9.3f} {self.mean_ms:>9.3f} "
                 f"{self.throughput_per_s:>12.1f}")
 
 
-HEADER = f"{'runtime':<16} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} {'mean ms':>9} {'samples/s':>12}"
+def header(first: str = "runtime", width: int = 16) -> str:
+    return f"{first:<{width}} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} {'mean ms':>9} {'samples/s':>12}"
+
+
+HEADER = header()
+
+
+def spread(stats: list[LatencyStats]) -> dict:
+    """How far devices of one kind differ: the extremes and median of their p50s (a fleet check
+    before a rollout: a board that runs hot, throttles or has another firmware stands out)."""
+    p50 = np.array([s.p50_ms for s in stats], dtype=np.float64)
+    if p50.size == 0:
+        return {"devices": 0}
+    return {"devices": int(p50.size), "p50_min_ms": float(p50.min()), "p50_median_ms": float(np.median(p50)),
+            "p50_max_ms": float(p50.max()), "p50_max_over_min": float(p50.max() / p50.min())}
 
 
 def summarize(seconds, *, batch: int, threads: int | None) -> LatencyStats:

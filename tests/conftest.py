@@ -96,3 +96,26 @@ def no_process_outlives_the_suite():
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+POOL_KEY = "loopback"
+
+
+@pytest.fixture(scope="session")
+def device_pool(tmp_path_factory):
+    """A real TVM RPC tracker and three RPC servers under one key, all on 127.0.0.1, shared by
+    the tests that only use the pool; tests that kill a device start their own (``fresh_pool``)."""
+    from edgecnn.runtime.fleet import LocalPool
+
+    pytest.importorskip("tornado", reason="TVM's RPC tracker needs tornado (the test extra installs it)")
+    with LocalPool(3, key=POOL_KEY, log_dir=tmp_path_factory.mktemp("pool-logs")) as pool:
+        yield pool
+
+
+@pytest.fixture
+def fresh_pool(tmp_path):
+    from edgecnn.runtime.fleet import LocalPool
+
+    pytest.importorskip("tornado", reason="TVM's RPC tracker needs tornado (the test extra installs it)")
+    with LocalPool(3, key=POOL_KEY, log_dir=tmp_path / "pool-logs") as pool:
+        yield pool

@@ -81,7 +81,7 @@ def add_arguments(parser):
     parser.add_argument("--top", type=int, default=5, metavar="K",
                         help="classes shown per sample for classifiers with labels (default 5)")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of text")
-    # A bundle directory as MODEL runs its compiled code (also images as --input, --rpc, --emulate).
+    # A bundle directory as MODEL runs its compiled code (also images as --input, --rpc, --tracker, --emulate).
     add_device_arguments(parser)
 
 
@@ -143,9 +143,9 @@ def run_bundle(args) -> int:
     bundle = open_bundle(args.model, args)
     try:
         feeds = read_files(args.input, bundle.inputs, bundle.preprocessing)
-        title = f"{bundle.model_name} bundle ({bundle.manifest['target'].get('preset')}, {where(args)})"
+        title = f"{bundle.model_name} bundle ({bundle.manifest['target'].get('preset')}, {where(args, bundle)})"
         return _run_bundle_on(bundle, feeds, args, title, {"model": bundle.model_name, "bundle": str(bundle.path),
-                                                          "backend": "tvm", "where": where(args)})
+                                                          "backend": "tvm", "where": where(args, bundle)})
     finally:
         bundle.close()
 

@@ -91,7 +91,8 @@ def export_library(executable, preset: Preset, path: Path) -> None:
 
 
 def compile_bundle(model, target: str, out_dir, *, batch: int | None = None, default_batch: int = 1, tune: int = 0,
-                   tuning_db=None, opset: int = 17, log=None) -> CompileResult:
+                   tuning_db=None, opset: int = 17, log=None, tracker: str | None = None,
+                   key: str | None = None) -> CompileResult:
     """Compile ``model`` for the preset ``target`` into the bundle directory ``out_dir``.
 
     ``batch`` None compiles an ONNX model at its own fixed batch, and any other at ``default_batch``.
@@ -113,7 +114,8 @@ def compile_bundle(model, target: str, out_dir, *, batch: int | None = None, def
 
     database, tuning_info = None, {"applied": False, "records": 0, "trials": 0}
     if tune > 0 or tuning_db is not None:
-        database, tuning_info = tuning.prepare(relax_mod, preset, trials=tune, db_root=tuning_db, log=say)
+        database, tuning_info = tuning.prepare(relax_mod, preset, trials=tune, db_root=tuning_db, log=say,
+                                               tracker=tracker, key=key)
 
     feeds, outputs, reference = golden_data(source, batch)
     say(f"compiling for {preset.name}")

@@ -11,6 +11,12 @@ the workload runs per inference times its FLOPs), each task tuned on its own so 
 be shown task by task. Records are appended to the database as they are measured, so Ctrl-C
 keeps everything gathered so far.
 
+With ``tracker``/``key`` the candidates are built here (cross-compiled for ARM presets, as
+shared libraries a board loads without a compiler) and measured on the devices of the pool
+through MetaSchedule's RPC runner, one runner worker per device, so the pool measures in
+parallel. Which device measured each candidate is logged (``devices.log`` in the database
+directory) and summed up in the manifest.
+
 Tuning can only make a bundle faster: when records apply, ``compare_builds`` times the
 default and the tuned executables whole, in interleaved rounds on the bundle's own inputs,
 and the tuned one is kept only if it is clearly faster (``KEEP_MARGIN``).
@@ -31,7 +37,7 @@ import tvm
 from tvm import relax
 
 from edgecnn.runtime import timing
-from edgecnn.runtime.errors import InputError, received
+from edgecnn.runtime.errors import EdgeCNNError, InputError, received
 from edgecnn.runtime.host import cache_root
 from edgecnn.targets import Preset, TargetError
 
@@ -185,7 +191,7 @@ class _StopRequest:
         return False
 
 
-def _in_process_builder(stop: _StopRequest):
+def _in_process_builder(stop: _StopRequest, export=None):
     """A MetaSchedule builder that compiles candidates in this process.
 
     MetaSchedule's LocalBuilder starts a fresh worker pool for every batch of candidates, and
@@ -197,6 +203,8 @@ def _in_process_builder(stop: _StopRequest):
     from tvm.s_tir.meta_schedule.builder.local_builder import default_build, default_export
     from tvm.ir.utils import derived_object
 
+    export = export or default_export
+
     @derived_object
     class InProcessBuilder(ms.builder.PyBuilder):
         def build(self, build_inputs):
@@ -206,13 +214,93 @@ def _in_process_builder(stop: _StopRequest):
                     results.append(ms.builder.BuilderResult(None, "tuning interrupted (Ctrl-C)"))
                     continue
                 try:
-                    results.append(ms.builder.BuilderResult(default_export(default_build(item.mod, item.target, None)),
-                                                            None))
+                    results.append(ms.builder.BuilderResult(export(default_build(item.mod, item.target, None)), None))
                 except Exception as exc:  # a candidate that does not compile is a failed trial
                     results.append(ms.builder.BuilderResult(None, f"{type(exc).__name__}: {exc}"))
             return results
 
     return InProcessBuilder()
+
+
+def _shared_library_export(preset: Preset):
+    """Candidates as shared libraries linked here with the preset's linker (the cross compiler
+    for ARM): a board loads them with TVM's runtime alone, where MetaSchedule's default (a tar
+    of object files) would need a compiler on the board."""
+    import tempfile
+
+    from tvm.support import cc
+
+    def export(module) -> str:
+        path = os.path.join(tempfile.mkdtemp(prefix="edgecnn-candidate-"), "candidate.so")
+        module.export_library(path, fcompile=cc.cross_compiler(preset.linker()))
+        return path
+
+    return export
+
+
+def _progress_callback(say, total: int, pool_status=None):
+    """A MetaSchedule measure callback that reports, after each batch of candidates, the task's
+    trials so far, its best time, and with a pool how many devices are busy."""
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.ir.utils import derived_object
+
+    @derived_object
+    class Progress(ms.measure_callback.PyMeasureCallback):
+        def __init__(self):
+            super().__init__()
+            self.trials = 0
+            self.failed = 0
+            self.best = float("inf")
+
+        def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results):
+            for result in runner_results:
+                self.trials += 1
+                if result.error_msg is not None or not result.run_secs:
+                    self.failed += 1
+                    if self.failed == 1:  # one line, so that a broken device or pool is visible at once
+                        lines = [x for x in str(result.error_msg).strip().splitlines() if x.strip()]
+                        say(f"  a candidate failed: {lines[-1][:300] if lines else 'no error message'}")
+                    continue
+                seconds = sum(float(t) for t in result.run_secs) / len(result.run_secs)
+                self.best = min(self.best, seconds)
+            best = f"best {self.best * 1e3:.4g} ms" if self.best < float("inf") else "no valid candidate yet"
+            failed = f", {self.failed} failed" if self.failed else ""
+            busy = ""
+            if pool_status is not None:
+                busy = f", devices busy {pool_status()}"
+            say(f"  trials {self.trials}/{total}{failed}, {best}{busy}")
+
+    return Progress()
+
+
+def _pool_runner(tracker: str, key: str, workers: int, log_path: Path):
+    """MetaSchedule's RPC runner on ``key``'s pool, one worker per device; each session is
+    requested through edgecnn's tracker client, which bounds the wait and logs the device."""
+    import functools as ft
+
+    from tvm.s_tir import meta_schedule as ms
+
+    from edgecnn.runtime.fleet import measuring_arguments, measuring_session
+    from edgecnn.runtime.rpc import parse_address
+
+    host, port = parse_address(tracker, flag="--tracker")
+    config = ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=key,
+                                 session_timeout_sec=int(RUN_TIMEOUT_S))
+    return ms.runner.RPCRunner(config, evaluator_config=ms.runner.EvaluatorConfig(**EVALUATOR),
+                               f_create_session=ft.partial(measuring_session, str(log_path), RUN_TIMEOUT_S),
+                               f_alloc_argument=measuring_arguments,
+                               max_workers=workers)
+
+
+def devices_used(log_path: Path, since: int = 0) -> dict[str, int]:
+    """Candidates measured per device, from the lines of ``devices.log`` after the first ``since``."""
+    if not log_path.exists():
+        return {}
+    counts: dict[str, int] = {}
+    for line in log_path.read_text().splitlines()[since:]:
+        if line.strip():
+            counts[line.strip()] = counts.get(line.strip(), 0) + 1
+    return dict(sorted(counts.items()))
 
 
 def _search_strategy(trials: int):
@@ -226,7 +314,7 @@ def _search_strategy(trials: int):
         genetic_num_iters=1 if trials < 32 else 4)
 
 
-def _tune_one(task: Task, trials: int, target, database, work_dir: Path, builder, runner) -> None:
+def _tune_one(task: Task, trials: int, target, database, work_dir: Path, builder, runner, progress) -> None:
     from tvm.s_tir import meta_schedule as ms
 
     contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
@@ -237,19 +325,25 @@ def _tune_one(task: Task, trials: int, target, database, work_dir: Path, builder
     ms.tune.tune_tasks(
         tasks=contexts, task_weights=weights, work_dir=str(work_dir), max_trials_global=trials,
         max_trials_per_task=trials, num_trials_per_iter=max(1, min(trials, 16)), builder=builder,
-        runner=runner, database=database, task_scheduler="round-robin")
+        runner=runner, database=database, task_scheduler="round-robin",
+        measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"), progress])
 
 
-def prepare(relax_mod, preset: Preset, *, trials: int, db_root=None, log=None):
-    """Tune what lacks records (``trials`` > 0) and return (database, manifest ``tuning`` entry)."""
+def prepare(relax_mod, preset: Preset, *, trials: int, db_root=None, log=None, tracker: str | None = None,
+            key: str | None = None):
+    """Tune what lacks records (``trials`` > 0) and return (database, manifest ``tuning`` entry).
+
+    With ``tracker`` and ``key`` the candidates are measured on that pool's devices."""
     say = log or (lambda msg: None)
     if trials < 0:
         raise InputError(f"the number of tuning trials must be >= 0. {received(trials=trials)}")
+    if bool(tracker) != bool(key):
+        raise InputError(f"--tracker and --key go together. {received(tracker=tracker, key=key)}")
     caps = preset.capabilities()
-    if trials > 0 and not caps.run:
+    if trials > 0 and not caps.run and not tracker:
         raise TargetError(f"tuning measures candidates on the device, and preset '{preset.name}' cannot run on "
                           f"this machine ({'; '.join(caps.limits + caps.missing)}); compile without --tune, "
-                          f"or tune on the device")
+                          f"or tune on a pool of such devices with --tracker HOST:PORT --key KEY")
     target = tuning_target(preset)
     directory = database_dir(db_root or default_db_root(), preset)
     database = open_database(directory)
@@ -257,18 +351,16 @@ def prepare(relax_mod, preset: Preset, *, trials: int, db_root=None, log=None):
     todo = [t for t in tasks if not was_tuned(database, t)]
     say(f"tuning database {directory}: {len(tasks) - len(todo)} of {len(tasks)} task(s) tuned before")
     before = len(database)
+    log_path = directory / "devices.log"
+    logged_before = len(log_path.read_text().splitlines()) if log_path.exists() else 0
     if trials > 0 and todo:
-        from tvm.s_tir import meta_schedule as ms
-
         budget = split_budget(trials, todo)
         start = time.perf_counter()
-        # One runner for all tasks: its worker processes import TVM once, which alone can exceed
-        # MetaSchedule's default timeouts on a loaded 2-core machine.
-        runner = ms.runner.LocalRunner(timeout_sec=RUN_TIMEOUT_S, evaluator_config=ms.runner.EvaluatorConfig(**EVALUATOR))
+        runner, export, pool_status = _runner(preset, tracker, key, log_path, say)
         try:
             # MetaSchedule prints progress tables; keep stdout for the command's own output.
             with _StopRequest() as stop, contextlib.redirect_stdout(sys.stderr):
-                builder = _in_process_builder(stop)
+                builder = _in_process_builder(stop, export)
                 for n, (task, count) in enumerate(zip(todo, budget), start=1):
                     if stop.requested:
                         break
@@ -276,7 +368,8 @@ def prepare(relax_mod, preset: Preset, *, trials: int, db_root=None, log=None):
                         continue
                     say(f"tuning task {n}/{len(todo)} {task.name} (weight {task.weight}, {task.flops:.3g} FLOP, "
                         f"{count} trial(s); {time.perf_counter() - start:.0f} s so far)")
-                    _tune_one(task, count, target, database, directory / "logs", builder, runner)
+                    progress = _progress_callback(say, count, pool_status)
+                    _tune_one(task, count, target, database, directory / "logs", builder, runner, progress)
             if stop.requested:
                 say(f"tuning interrupted: the {len(database) - before} record(s) measured so far are kept in {directory}")
                 raise KeyboardInterrupt
@@ -286,7 +379,40 @@ def prepare(relax_mod, preset: Preset, *, trials: int, db_root=None, log=None):
             runner.pool.shutdown()
     with_records = sum(has_record(database, t, target) for t in tasks)
     info = {"applied": with_records > 0, "records": with_records, "trials": len(database) - before}
+    if tracker:
+        used = devices_used(log_path, logged_before)
+        info["measured_on"] = {"tracker": tracker, "key": key, "devices": used}
+        if used:
+            say(f"candidates measured on {len(used)} device(s): "
+                + ", ".join(f"{address} ({n})" for address, n in used.items()))
     return database, info
+
+
+def _runner(preset: Preset, tracker: str | None, key: str | None, log_path: Path, say):
+    """(runner, candidate export, pool status for progress lines or None): local, or the pool's."""
+    from tvm.s_tir import meta_schedule as ms
+
+    if not tracker:
+        # One runner for all tasks: its worker processes import TVM once, which alone can exceed
+        # MetaSchedule's default timeouts on a loaded 2-core machine.
+        runner = ms.runner.LocalRunner(timeout_sec=RUN_TIMEOUT_S,
+                                       evaluator_config=ms.runner.EvaluatorConfig(**EVALUATOR))
+        return runner, None, None
+    from edgecnn.runtime.fleet import Tracker
+
+    with Tracker(tracker) as client:
+        pool = client.pool(key)
+    say(f"measuring on the pool '{key}' at {tracker}: {pool.total} device(s) ({', '.join(pool.servers)})")
+
+    def pool_status() -> str:
+        try:
+            with Tracker(tracker) as client:
+                now = client.pool(key)
+            return f"{now.busy}/{now.total}"
+        except EdgeCNNError as exc:  # the progress line must not end the tuning run
+            return f"unknown ({exc})"
+
+    return _pool_runner(tracker, key, pool.total, log_path), _shared_library_export(preset), pool_status
 
 
 def compare_builds(builds: dict, feeds: dict, *, rounds: int = COMPARE_ROUNDS) -> dict[str, float]:
