@@ -111,3 +111,33 @@ def test_candidates_for_an_arm_pool_are_cross_compiled_shared_libraries(tmp_path
     assert path.suffix == ".so" and header[:4] == b"\x7fELF"
     assert header[16] == 3, "not a shared object (ELF e_type ET_DYN)"
     assert int.from_bytes(header[18:20], "little") == 183, "not an aarch64 (EM_AARCH64) library"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_ctrl_c_during_pool_tuning_keeps_the_records(device_pool, tmp_path):
+    import signal
+
+    model, db = _conv_relu(tmp_path / "conv.onnx"), tmp_path / "db"
+    command = [sys.executable, "-m", "edgecnn.compiler", "compile", str(model), "--target", "host",
+               "-o", str(tmp_path / "bundle"), "--tune", "20", "--tuning-db", str(db), "--tracker",
+               device_pool.address, "--key", KEY]
+    run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not list(db.glob("*/devices.log")) or len(_log_lines(db)) < 2:
+            assert run.poll() is None, run.communicate()
+            assert time.monotonic() < deadline, "no candidate was measured"
+            time.sleep(0.1)
+        run.send_signal(signal.SIGINT)
+        out, err = run.communicate(timeout=300)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.communicate()
+    assert run.returncode == 130, err[-3000:]
+    assert "tuning interrupted" in err and "record(s) measured so far are kept" in err
+    assert not (tmp_path / "bundle").exists()
+    database = tuning.open_database(tuning.database_dir(db, get_preset("host")))
+    # every candidate measured before Ctrl-C is there; the ones after it are failed trials
+    assert any(r.run_secs for r in database.get_all_tuning_records())
