@@ -381,7 +381,8 @@ class Bundle:
     def _local_executor(self) -> LocalExecutor:
         arch = self.arch
         if arch != host_arch():
-            hint = " use --emulate (qemu) or --rpc HOST:PORT" if arch == "aarch64" else " use --rpc HOST:PORT"
+            remote = "--rpc HOST:PORT, or --tracker HOST:PORT --key KEY for a device pool"
+            hint = f" use --emulate (qemu), {remote}" if arch == "aarch64" else f" use {remote}"
             raise BundleError(f"bundle {self.path} is built for {arch} and this machine is {host_arch()}:{hint}")
         return LocalExecutor(self.path / "model.so", self.device_kind, self.input_names)
 
