@@ -218,6 +218,17 @@ def measuring_session(log_path: str, wait_s: float, rpc_config):
     return device.session
 
 
+def pool_threads(tracker: str, key: str, *, wait_s: float = DEFAULT_WAIT_S) -> int:
+    """Threads of TVM's pool on a device of ``key`` (its cores, or the server's TVM_NUM_THREADS)."""
+    with Tracker(tracker) as client:
+        device = client.request(key, wait_s=wait_s)
+    try:
+        return int(device.session.get_function("runtime.NumThreads")())
+    except Exception as exc:  # TVM's error types
+        raise RemoteError(f"device {device.address} of '{key}' did not tell its thread count "
+                          f"({last_line(exc)})") from None
+
+
 def measuring_arguments(session, device, args_info, alloc_repeat: int) -> list[list]:
     """MetaSchedule's RPC runner calls this (``f_alloc_argument``): the candidate's arguments on
     the device. TVM's default fills them with a random-number function that a runtime-only
@@ -386,11 +397,12 @@ class LocalPool:
 
     Each process gets its own process group (an RPC server serves every session from child
     processes, which a signal to the server alone would orphan); ``stop`` ends every group.
-    Server output goes to ``log_dir`` when given, one file per server.
+    Server output goes to ``log_dir`` when given, one file per server; ``threads`` sets each
+    server's TVM thread pool (default: TVM's, every CPU).
     """
 
     def __init__(self, servers: int = 3, key: str = "local", *, log_dir: Path | None = None,
-                 start_timeout: float = 120.0):
+                 threads: int | None = None, start_timeout: float = 120.0):
         self.key = key
         self.count = servers
         self.log_dir = Path(log_dir) if log_dir else None
@@ -401,6 +413,8 @@ class LocalPool:
         self.address = ""
         # servers need only TVM's runtime, as a board has; TVM's switch for that also halves start-up
         self._env = dict(os.environ, TVM_USE_RUNTIME_LIB="1")
+        if threads is not None:  # each server's pool, as TVM_NUM_THREADS sets it on a board
+            self._env["TVM_NUM_THREADS"] = str(threads)
 
     def _spawn(self, args: list[str], log_name: str) -> subprocess.Popen:
         out = subprocess.DEVNULL

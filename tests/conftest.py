@@ -114,8 +114,10 @@ def device_pool(tmp_path_factory):
 
 @pytest.fixture
 def fresh_pool(tmp_path):
+    """A pool of one-thread devices (three servers sharing this machine's cores), for tests that
+    kill one."""
     from edgecnn.runtime.fleet import LocalPool
 
     pytest.importorskip("tornado", reason="TVM's RPC tracker needs tornado (the test extra installs it)")
-    with LocalPool(3, key=POOL_KEY, log_dir=tmp_path / "pool-logs") as pool:
+    with LocalPool(3, key=POOL_KEY, log_dir=tmp_path / "pool-logs", threads=1) as pool:
         yield pool

@@ -9,7 +9,8 @@ candidates all failed is not retried either: delete its database directory to st
 Trials are spread over the tasks that lack records in proportion to their weight (how often
 the workload runs per inference times its FLOPs), each task tuned on its own so progress can
 be shown task by task. Records are appended to the database as they are measured, so Ctrl-C
-keeps everything gathered so far.
+keeps everything gathered so far; the task it cut short is noted (``interrupted.json``) and
+tuned again by the next ``--tune``.
 
 With ``tracker``/``key`` the candidates are built here (cross-compiled for ARM presets, as
 shared libraries a board loads without a compiler) and measured on the devices of the pool
@@ -63,13 +64,14 @@ def default_db_root() -> Path:
     return cache_root() / "tuning"
 
 
-def tuning_target(preset: Preset):
-    """The preset's target, with ``num-cores`` set when absent (MetaSchedule sizes its parallel loops by it)."""
+def tuning_target(preset: Preset, cores: int | None = None):
+    """The preset's target, with ``num-cores`` set when absent (MetaSchedule sizes its parallel
+    loops by it): ``cores``, the measuring device's threads, else this machine's CPUs."""
     from tvm.target import Target
 
     spec = preset.target_json()
-    if spec.get("kind") == "llvm" and "num-cores" not in spec:
-        spec["num-cores"] = os.cpu_count() or 1
+    if spec.get("kind") == "llvm" and (cores or "num-cores" not in spec):
+        spec["num-cores"] = cores or os.cpu_count() or 1
     return Target(spec)
 
 
@@ -134,6 +136,33 @@ def was_tuned(database, task: Task) -> bool:
         return False
     key = database.commit_workload(task.workload).as_json()[0]
     return any(r.workload.as_json()[0] == key for r in database.get_all_tuning_records())
+
+
+# workloads whose tuning Ctrl-C cut short: their records stay, and the next --tune tunes them again
+INTERRUPTED_FILE = "interrupted.json"
+
+
+def _workload_key(database, task: Task) -> str:
+    return database.commit_workload(task.workload).as_json()[0]
+
+
+def _interrupted(directory: Path) -> set[str]:
+    try:
+        keys = json.loads((directory / INTERRUPTED_FILE).read_text())
+    except (OSError, ValueError):
+        return set()
+    return {k for k in keys if isinstance(k, str)} if isinstance(keys, list) else set()
+
+
+def _mark_interrupted(directory: Path, database, task: Task, interrupted: bool) -> None:
+    from ..fileio import write_text
+
+    keys = _interrupted(directory)
+    key = _workload_key(database, task)
+    if (key in keys) == interrupted:
+        return
+    keys = keys | {key} if interrupted else keys - {key}
+    write_text(directory / INTERRUPTED_FILE, json.dumps(sorted(keys)))
 
 
 def split_budget(trials: int, tasks: list[Task]) -> list[int]:
@@ -348,8 +377,22 @@ def prepare(relax_mod, preset: Preset, *, trials: int, db_root=None, log=None, t
     directory = database_dir(db_root or default_db_root(), preset)
     database = open_database(directory)
     tasks = extract_tasks(relax_mod, preset, target)
-    todo = [t for t in tasks if not was_tuned(database, t)]
-    say(f"tuning database {directory}: {len(tasks) - len(todo)} of {len(tasks)} task(s) tuned before")
+    cut_short = _interrupted(directory)
+    resumed = [t for t in tasks if was_tuned(database, t) and _workload_key(database, t) in cut_short]
+    todo = [t for t in tasks if not was_tuned(database, t)] + resumed
+    if tracker and trials > 0 and todo:
+        from edgecnn.runtime.fleet import pool_threads
+
+        # candidates' parallel loops are sized for the board that runs them, not for this machine
+        cores = pool_threads(tracker, key)
+        say(f"the pool's devices run {cores} thread(s) each: candidates are parallelised for that")
+        if cores != int(target.attrs.get("num-cores", 0) or 0):
+            # the same workloads (num-cores does not change them), in tasks that carry the board's target
+            target = tuning_target(preset, cores)
+            names = {t.name for t in todo}
+            todo = [t for t in extract_tasks(relax_mod, preset, target) if t.name in names]
+    again = f" ({len(resumed)} interrupted by Ctrl-C, tuned again)" if resumed else ""
+    say(f"tuning database {directory}: {len(tasks) - len(todo)} of {len(tasks)} task(s) tuned before{again}")
     before = len(database)
     log_path = directory / "devices.log"
     logged_before = len(log_path.read_text().splitlines()) if log_path.exists() else 0
@@ -369,9 +412,15 @@ def prepare(relax_mod, preset: Preset, *, trials: int, db_root=None, log=None, t
                     say(f"tuning task {n}/{len(todo)} {task.name} (weight {task.weight}, {task.flops:.3g} FLOP, "
                         f"{count} trial(s); {time.perf_counter() - start:.0f} s so far)")
                     progress = _progress_callback(say, count, pool_status)
-                    _tune_one(task, count, target, database, directory / "logs", builder, runner, progress)
+                    try:
+                        _tune_one(task, count, target, database, directory / "logs", builder, runner, progress)
+                    except KeyboardInterrupt:  # a second Ctrl-C
+                        _mark_interrupted(directory, database, task, True)
+                        raise
+                    _mark_interrupted(directory, database, task, stop.requested)
             if stop.requested:
-                say(f"tuning interrupted: the {len(database) - before} record(s) measured so far are kept in {directory}")
+                say(f"tuning interrupted: the {len(database) - before} record(s) measured so far are kept in {directory}; "
+                    f"the next --tune tunes the interrupted task again")
                 raise KeyboardInterrupt
         finally:
             # its worker process would otherwise live until garbage collection (or, held by a

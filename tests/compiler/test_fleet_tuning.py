@@ -77,6 +77,10 @@ def test_tuning_on_a_pool_survives_a_lost_device_and_is_reused(fresh_pool, tmp_p
     assert after_kill and victim not in after_kill[-4:], "the lost device was still asked at the end"
     assert any(line.startswith("edgecnn compile:   trials ") and "devices busy" in line and "best" in line
                for line in err.splitlines())
+    # the candidates were parallelised for the devices' one thread, not for this machine's CPUs
+    assert "the pool's devices run 1 thread(s) each" in err
+    [record] = [r for r in tuning.open_database(tuning.database_dir(db, get_preset("host"))).get_all_tuning_records()][:1]
+    assert int(record.target.attrs["num-cores"]) == 1
     # the database survives whole: it loads, with every trial's record and valid measurements
     database = tuning.open_database(tuning.database_dir(db, get_preset("host")))
     assert len(database) == 16 and any(r.run_secs for r in database.get_all_tuning_records())
@@ -141,3 +145,18 @@ def test_ctrl_c_during_pool_tuning_keeps_the_records(device_pool, tmp_path):
     database = tuning.open_database(tuning.database_dir(db, get_preset("host")))
     # every candidate measured before Ctrl-C is there; the ones after it are failed trials
     assert any(r.run_secs for r in database.get_all_tuning_records())
+    before = len(database)
+
+    # the task Ctrl-C cut short is tuned again by the next --tune, its old records kept. A fresh
+    # process, as a user's next command (pytest's log capture leaves unnamed handlers on
+    # MetaSchedule's logger, which MetaSchedule's own logging set-up cannot take)
+    command[command.index("--tune") + 1] = "4"
+    again = subprocess.run(command + ["--json"], capture_output=True, text=True, timeout=400)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "interrupted by Ctrl-C, tuned again" in again.stderr
+    assert "tuning task" in again.stderr
+    assert json.loads(again.stdout)["tuning"]["trials"] == 4
+    database = tuning.open_database(tuning.database_dir(db, get_preset("host")))
+    assert len(database) == before + 4
+    assert json.loads(next(db.glob("*/interrupted.json")).read_text()) == []
+    _matches_onnxruntime(tmp_path / "bundle")
