@@ -174,9 +174,8 @@ class Tracker:
         try:
             session = tvm.rpc.connect(host, int(port), match_key, session_timeout=session_timeout)
         except Exception as exc:  # socket errors arrive wrapped in TVM's own error types
-            lines = str(exc).strip().splitlines()
             raise RemoteError(f"the tracker lent device {address} (key '{key}'), but it could not be reached "
-                              f"({type(exc).__name__}: {lines[-1] if lines else exc})") from None
+                              f"({last_line(exc)})") from None
         return Device(key=key, address=address, session=session)
 
     def close(self) -> None:
@@ -245,7 +244,10 @@ def measuring_arguments(session, device, args_info, alloc_repeat: int) -> list[l
 
     def tensor(kind, dtype, shape):
         if kind != "TENSOR":
-            raise NotImplementedError(f"argument kind {kind!r} of a tuning candidate")
+            # MetaSchedule's CPU and GPU workloads take tensors only; anything else is a new kind
+            # of candidate this runner was not written for, reported as that candidate's failure
+            raise RemoteError(f"a tuning candidate takes an argument of kind {kind!r}; only tensors can be "
+                              f"made on a pool device")
         if fill is not None:
             arg = tvm.runtime.empty(shape=shape, dtype=dtype, device=device)
             fill(arg)
@@ -352,6 +354,15 @@ class DeviceOutcome:
     address: str
     result: object = None
     error: str | None = None
+
+    def to_dict(self) -> dict:
+        """The device and its result's JSON keys, or its error."""
+        return {"device": self.address, **(self.result.to_dict() if self.error is None else {"error": self.error})}
+
+
+def address_width(outcomes: list[DeviceOutcome]) -> int:
+    """A table column wide enough for every device address."""
+    return max(22, *(len(o.address) + 1 for o in outcomes))
 
 
 def on_each(bundles: list[Bundle], work) -> list[DeviceOutcome]:

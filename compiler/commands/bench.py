@@ -77,7 +77,7 @@ def measure(bundle, *, repeat: int, warmup: int, threads: int | None, compare: b
 
 
 def _bench_fleet(args) -> int:
-    from edgecnn.runtime.fleet import on_each
+    from edgecnn.runtime.fleet import address_width, on_each
 
     bundles = open_fleet(args.bundle, args)
     first = bundles[0]
@@ -91,13 +91,12 @@ def _bench_fleet(args) -> int:
     measured = [o.result for o in outcomes if o.error is None]
     result = {"model": first.model_name, "bundle": str(first.path), "where": where(args),
               "target": first.manifest["target"].get("preset"), "tracker": args.tracker, "key": args.key,
-              "devices": [{"device": o.address, **(o.result.to_dict() if o.error is None else {"error": o.error})}
-                          for o in outcomes],
+              "devices": [o.to_dict() for o in outcomes],
               "spread": spread(measured)}
     if args.json:
         print(json.dumps(result, indent=1))
     else:
-        width = max(22, *(len(o.address) + 1 for o in outcomes))
+        width = address_width(outcomes)
         print(header("device", width))
         for o in outcomes:
             print(o.result.row(o.address, width) if o.error is None else f"{o.address:<{width}} failed")

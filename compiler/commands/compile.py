@@ -31,9 +31,9 @@ def _check_pool(args) -> None:
     from edgecnn.runtime.errors import InputError
     from edgecnn.runtime.fleet import Tracker
 
-    if bool(args.tracker) != bool(args.key):
-        raise InputError("--tracker and --key go together: the tracker's address and the pool's key. "
-                         f"Received: tracker={args.tracker!r}, key={args.key!r}")
+    from ._bundle_cli import check_device_options
+
+    check_device_options(args)
     if args.tracker and args.tune <= 0:
         raise InputError(f"--tracker measures tuning candidates on a pool; give --tune TRIALS too. "
                          f"Received: tune={args.tune}")

@@ -87,7 +87,7 @@ def _layerwise(args) -> int:
 
 
 def _verify_fleet(path: Path, against: str, args) -> int:
-    from edgecnn.runtime.fleet import on_each
+    from edgecnn.runtime.fleet import address_width, on_each
 
     from ..verify import verify_bundle
 
@@ -107,11 +107,10 @@ def _verify_fleet(path: Path, against: str, args) -> int:
         print(json.dumps({"model": args.model, "where": where(args), "target": first.manifest["target"].get("preset"),
                           "tracker": args.tracker, "key": args.key, "against": against,
                           "passed": not failed and not mismatched,
-                          "devices": [{"device": o.address, **(o.result.to_dict() if o.error is None
-                                                               else {"error": o.error})} for o in outcomes]},
+                          "devices": [o.to_dict() for o in outcomes]},
                          indent=1))
     else:
-        width = max(22, *(len(o.address) + 1 for o in outcomes))
+        width = address_width(outcomes)
         print(f"{'device':<{width}} {'result':<8} {'mismatches':>10} {'max abs err':>12} {'top-1':>7}")
         for o in outcomes:
             if o.error is not None:

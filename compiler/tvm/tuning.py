@@ -305,8 +305,6 @@ def _progress_callback(say, total: int, pool_status=None):
 def _pool_runner(tracker: str, key: str, workers: int, log_path: Path):
     """MetaSchedule's RPC runner on ``key``'s pool, one worker per device; each session is
     requested through edgecnn's tracker client, which bounds the wait and logs the device."""
-    import functools as ft
-
     from tvm.s_tir import meta_schedule as ms
 
     from edgecnn.runtime.fleet import measuring_arguments, measuring_session
@@ -316,7 +314,7 @@ def _pool_runner(tracker: str, key: str, workers: int, log_path: Path):
     config = ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=key,
                                  session_timeout_sec=int(RUN_TIMEOUT_S))
     return ms.runner.RPCRunner(config, evaluator_config=ms.runner.EvaluatorConfig(**EVALUATOR),
-                               f_create_session=ft.partial(measuring_session, str(log_path), RUN_TIMEOUT_S),
+                               f_create_session=functools.partial(measuring_session, str(log_path), RUN_TIMEOUT_S),
                                f_alloc_argument=measuring_arguments,
                                max_workers=workers)
 
@@ -378,8 +376,9 @@ def prepare(relax_mod, preset: Preset, *, trials: int, db_root=None, log=None, t
     database = open_database(directory)
     tasks = extract_tasks(relax_mod, preset, target)
     cut_short = _interrupted(directory)
-    resumed = [t for t in tasks if was_tuned(database, t) and _workload_key(database, t) in cut_short]
-    todo = [t for t in tasks if not was_tuned(database, t)] + resumed
+    tuned_before = [was_tuned(database, t) for t in tasks]
+    resumed = [t for t, tuned in zip(tasks, tuned_before) if tuned and _workload_key(database, t) in cut_short]
+    todo = [t for t, tuned in zip(tasks, tuned_before) if not tuned] + resumed
     if tracker and trials > 0 and todo:
         from edgecnn.runtime.fleet import pool_threads
 

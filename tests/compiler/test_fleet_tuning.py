@@ -44,6 +44,25 @@ def _log_lines(db: Path) -> list[str]:
     return log.read_text().splitlines()
 
 
+def _run_and_act_mid_tune(command: list[str], db: Path, measured: int, act) -> subprocess.CompletedProcess:
+    """Run a tuning compile in its own process; once ``measured`` candidates are logged, ``act``
+    (kill a device, press Ctrl-C) and let it finish. The process never outlives the test."""
+    run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not list(db.glob("*/devices.log")) or len(_log_lines(db)) < measured:
+            assert run.poll() is None, run.communicate()
+            assert time.monotonic() < deadline, "no candidate was measured"
+            time.sleep(0.1)
+        act(run)
+        out, err = run.communicate(timeout=400)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.communicate()
+    return subprocess.CompletedProcess(command, run.returncode, out, err)
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_tuning_on_a_pool_survives_a_lost_device_and_is_reused(fresh_pool, tmp_path):
@@ -53,19 +72,11 @@ def test_tuning_on_a_pool_survives_a_lost_device_and_is_reused(fresh_pool, tmp_p
     command = [sys.executable, "-m", "edgecnn.compiler", "compile", str(model), "--target", "host",
                "-o", str(tmp_path / "b1"), "--tune", "16", "--tuning-db", str(db), "--tracker", pool.address,
                "--key", KEY, "--json"]
-    first_run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 300
-        while not list(db.glob("*/devices.log")) or not _log_lines(db):
-            assert first_run.poll() is None, first_run.communicate()
-            assert time.monotonic() < deadline, "no candidate was measured"
-            time.sleep(0.1)
-        victim = pool.kill_server(pool.server_addresses.index(_log_lines(db)[0]))
-        out, err = first_run.communicate(timeout=400)
-    finally:
-        if first_run.poll() is None:
-            first_run.kill()
-            first_run.communicate()
+    victims = []
+    first_run = _run_and_act_mid_tune(
+        command, db, 1, lambda _: victims.append(pool.kill_server(pool.server_addresses.index(_log_lines(db)[0]))))
+    [victim] = victims
+    out, err = first_run.stdout, first_run.stderr
     assert first_run.returncode == 0, err[-3000:]
     info = json.loads(out)["tuning"]
     assert info["trials"] == 16 and info["records"] >= 1
@@ -126,19 +137,8 @@ def test_ctrl_c_during_pool_tuning_keeps_the_records(device_pool, tmp_path):
     command = [sys.executable, "-m", "edgecnn.compiler", "compile", str(model), "--target", "host",
                "-o", str(tmp_path / "bundle"), "--tune", "20", "--tuning-db", str(db), "--tracker",
                device_pool.address, "--key", KEY]
-    run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 300
-        while not list(db.glob("*/devices.log")) or len(_log_lines(db)) < 2:
-            assert run.poll() is None, run.communicate()
-            assert time.monotonic() < deadline, "no candidate was measured"
-            time.sleep(0.1)
-        run.send_signal(signal.SIGINT)
-        out, err = run.communicate(timeout=300)
-    finally:
-        if run.poll() is None:
-            run.kill()
-            run.communicate()
+    run = _run_and_act_mid_tune(command, db, 2, lambda process: process.send_signal(signal.SIGINT))
+    err = run.stderr
     assert run.returncode == 130, err[-3000:]
     assert "tuning interrupted" in err and "record(s) measured so far are kept" in err
     assert not (tmp_path / "bundle").exists()
