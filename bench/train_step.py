@@ -1,77 +1,202 @@
 """Time one training step (forward, loss, backward, SGD update) of the NumPy backend against PyTorch CPU.
 
-Same architecture and weights, same batch, same thread count for both (BLAS threads for NumPy,
-``torch.set_num_threads`` for PyTorch), rounds interleaved so that load on the machine hits both
-alike (``edgecnn.runtime.timing.interleaved``). The PyTorch peer is a graph-walking mirror, not
-``torch.nn`` layers: the test fixtures' ``graph_to_torch``, one module whose forward walks the
-zoo graph node by node calling ``torch.nn.functional`` (eager); the output and the JSON say so.
-Prints a table with the ratio (NumPy time / PyTorch time, median over rounds of the per-round
-ratio; the target is <= 1.5) and the per-op split of the NumPy step, and writes
-``bench/results/train_step.json``.
+The PyTorch peer is a real ``torch.nn`` module of the same architecture (``bench/torch_models.py``:
+``nn.Conv2d``, ``nn.BatchNorm2d``, ``nn.Linear`` ...), holding the same weights, on the same batch,
+with the same thread count (BLAS threads for NumPy, ``torch.set_num_threads``). Before timing, the
+two forward passes are checked to agree. Rounds are interleaved in rotating order so that load on
+the machine hits both alike, with a second copy of the NumPy step as a third peer: its ratio to the
+first is the run's noise floor.
 
-    .venv/bin/python bench/train_step.py [--threads 2] [--rounds 15]
+Reported per model: each side's median step, the ratio (median over rounds of NumPy / PyTorch),
+the noise floor, the split of each side's step per op kind (NumPy: per op type, timed node by
+node; PyTorch: its profiler's self CPU time per aten op, grouped the same way) and each side's
+training memory: peak RSS of a fresh process running only that side, less its RSS before the
+first step (after imports and model set-up; the kernel's peak is reset there through
+``/proc/self/clear_refs``), so interpreter and library sizes do not count.
+Writes ``bench/results/train_step.json`` and ``train_step.png``.
+
+    .venv/bin/python bench/train_step.py [--threads 2] [--rounds 15] [--models lenet5 vgg-small resnet8]
 """
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import json
+import os
+import subprocess
 import sys
+import time
 from pathlib import Path
 
-from _common import print_table, set_threads, write_result
+from _common import RESULTS_DIR, machine, print_table, set_threads, write_result
 
-from edgecnn.runtime.timing import flatten, interleaved, paired_ratio, round_medians
-
-CASES = (("lenet5", 64), ("vgg-small", 32))
-TARGET_RATIO = 1.5
-TORCH_PEER = ("graph-walking mirror: tests/compiler/conftest.py graph_to_torch, one torch.nn.Module whose "
-              "forward walks the edgecnn graph calling torch.nn.functional per node (eager, no torch.nn layers)")
-
-
-def load_torch_mirror():
-    """``graph_to_torch`` from the test fixtures: one mirror for tests and benchmarks."""
-    path = Path(__file__).resolve().parents[1] / "tests" / "compiler" / "conftest.py"
-    spec = importlib.util.spec_from_file_location("edgecnn_test_conftest", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.graph_to_torch
+CASES = {"lenet5": 64, "vgg-small": 32, "resnet8": 64}
+TARGETS = {"lenet5": 1.0, "vgg-small": 1.2, "resnet8": 1.2}
+MEMORY_STEPS = 5
+# PyTorch profiler op names -> the ONNX op types the NumPy split uses (first match wins)
+TORCH_KINDS = (("conv", "Conv"), ("max_pool", "MaxPool"), ("avg_pool", "GlobalAveragePool"),
+               ("batch_norm", "BatchNormalization"), ("relu", "Relu"), ("threshold_backward", "Relu"),
+               ("addmm", "Gemm"), ("aten::mm", "Gemm"), ("aten::t", "Gemm"), ("linear", "Gemm"))
 
 
-def per_op_times(graph, x, steps: int = 3) -> dict:
-    """Forward + backward milliseconds per op type in the NumPy backend (mean over ``steps``)."""
-    import time
-
+def setup(name: str, batch: int, side: str):
+    """(one training step of ``side`` as a callable, its model) on a fixed random batch."""
     import numpy as np
 
+    from edgecnn.compiler import zoo
+
+    graph = zoo.build(name, seed=0)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch, *graph.inputs[0].shape[1:])).astype(np.float32)
+    y = rng.integers(0, 10, batch)
+    if side == "numpy":
+        from edgecnn.compiler.train import SGD, TrainConfig, loss_and_gradients
+
+        config = TrainConfig(optimizer="sgd", lr=0.01)
+        sgd = SGD(momentum=0.9, weight_decay=5e-4)
+
+        def numpy_step():
+            _, _, grads = loss_and_gradients(graph, x, y, config)
+            sgd.step(graph.params, grads, 0.01)
+        return numpy_step, graph, x
+    import torch
+
+    from torch_models import from_graph
+
+    module = from_graph(name, graph).train()
+    opt = torch.optim.SGD(module.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+
+    def torch_step():
+        opt.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(module(tx), ty).backward()
+        opt.step()
+    return torch_step, module, x
+
+
+def forward_agreement(name: str, batch: int) -> float:
+    """Largest |difference| between the two sides' training-mode logits, relative to their scale."""
+    import numpy as np
+    import torch
+
+    from edgecnn.compiler import numpy_backend
+    from edgecnn.compiler.ops.base import RunContext
+
+    _, graph, x = setup(name, batch, "numpy")
+    _, module, _ = setup(name, batch, "torch")
+    ours = numpy_backend.forward(graph, {graph.inputs[0].name: x}, ctx=RunContext(training=True))[graph.outputs[0]]
+    with torch.no_grad():
+        theirs = module(torch.from_numpy(x)).numpy()
+    return float(np.abs(ours - theirs).max() / max(1e-12, np.abs(theirs).max()))
+
+
+def numpy_split(graph, x, steps: int = 5) -> dict:
+    """Forward + backward milliseconds per op type of the NumPy backend (mean over ``steps``)."""
+    import numpy as np
+
+    from edgecnn.compiler.ops import _parallel
     from edgecnn.compiler.ops.base import RunContext
 
     totals: dict[str, float] = {}
-    for _ in range(steps):
-        ctx = RunContext(training=True, need_grad=True)
-        values = {graph.inputs[0].name: x, **graph.params}
-        caches = {}
-        for node in graph.nodes:
-            start = time.perf_counter()
-            outs, caches[node.name] = graph.ops[node.name].forward([values[i] if i else None for i in node.inputs], ctx)
-            totals[node.op_type] = totals.get(node.op_type, 0.0) + time.perf_counter() - start
-            values.update(zip(node.outputs, outs))
-        grads = {graph.outputs[0]: np.ones_like(values[graph.outputs[0]])}
-        for node in reversed(graph.nodes):
-            start = time.perf_counter()
-            gxs = graph.ops[node.name].backward(caches[node.name], [grads[o] for o in node.outputs])
-            totals[node.op_type] = totals.get(node.op_type, 0.0) + time.perf_counter() - start
-            for name, g in zip(node.inputs, gxs):
-                if g is not None and name:
-                    grads[name] = grads[name] + g if name in grads else g
+    with _parallel.compute():  # as the backend runs them
+        for step in range(steps + 1):
+            ctx = RunContext(training=True, need_grad=True, input_grads=False)
+            values = {graph.inputs[0].name: x, **graph.params}
+            caches, timed = {}, step > 0
+            for node in graph.nodes:
+                ctx.requires_grad = tuple(bool(i) and i != graph.inputs[0].name for i in node.inputs)
+                start = time.perf_counter()
+                outs, caches[node.name] = graph.ops[node.name].forward([values[i] if i else None for i in node.inputs],
+                                                                       ctx)
+                if timed:
+                    totals[node.op_type] = totals.get(node.op_type, 0.0) + time.perf_counter() - start
+                values.update(zip(node.outputs, outs))
+            ctx.pending_state.clear()
+            grads = {graph.outputs[0]: np.ones_like(values[graph.outputs[0]])}
+            for node in reversed(graph.nodes):
+                start = time.perf_counter()
+                gxs = graph.ops[node.name].backward(caches[node.name], [grads[o] for o in node.outputs])
+                if timed:
+                    totals[node.op_type] = totals.get(node.op_type, 0.0) + time.perf_counter() - start
+                for name, g in zip(node.inputs, gxs):
+                    if g is not None and name:
+                        grads[name] = grads[name] + g if name in grads else g
     return {k: v / steps * 1e3 for k, v in sorted(totals.items(), key=lambda kv: -kv[1])}
 
 
-def summary(rounds) -> dict:
-    """Seconds per step: median over all timed steps, the fastest round's median, each round's median."""
-    import statistics
+def torch_split(step, steps: int = 5) -> dict:
+    """Self CPU milliseconds per op kind of PyTorch's step (its profiler; mean over ``steps``)."""
+    from torch.profiler import ProfilerActivity, profile
 
-    medians = round_medians(rounds)
-    return {"median_s": statistics.median(flatten(rounds)), "min_s": min(medians), "rounds_s": medians}
+    step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    totals: dict[str, float] = {}
+    for event in prof.key_averages():
+        kind = next((k for pattern, k in TORCH_KINDS if pattern in event.key), "other")
+        totals[kind] = totals.get(kind, 0.0) + event.self_cpu_time_total / 1e3
+    return {k: v / steps for k, v in sorted(totals.items(), key=lambda kv: -kv[1])}
+
+
+def memory_child(side: str, name: str, batch: int, threads: int) -> dict:
+    """Run in a fresh process: RSS before the first step and peak RSS after MEMORY_STEPS steps."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--memory-of", side, "--models", name,
+           "--batch", str(batch), "--threads", str(threads)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"memory run of {side} {name} failed: {done.stderr.strip()[-500:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _status_mb(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024.0
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def _memory_main(side: str, name: str, batch: int, threads: int) -> int:
+    if side == "torch":
+        import torch
+
+        torch.set_num_threads(threads)
+    step, _, _ = setup(name, batch, side)
+    before = _status_mb("VmRSS")
+    # Reset the peak (VmHWM) to the present RSS, so that imports' transient peaks do not count.
+    Path("/proc/self/clear_refs").write_text("5")
+    for _ in range(MEMORY_STEPS):
+        step()
+    peak = _status_mb("VmHWM")
+    print(json.dumps({"rss_before_mb": before, "peak_rss_mb": peak, "step_mb": peak - before}))
+    return 0
+
+
+def plot(results: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kinds = sorted({k for r in results for side in ("numpy_split_ms", "torch_split_ms") for k in r[side]})
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    labels = []
+    for i, r in enumerate(results):
+        for j, side in enumerate(("numpy_split_ms", "torch_split_ms")):
+            bottom, x = 0.0, i * 3 + j
+            for n, kind in enumerate(kinds):
+                value = r[side].get(kind, 0.0)
+                ax.bar(x, value, bottom=bottom, color=plt.cm.tab10(n % 10), label=kind if (i, j) == (0, 0) else None)
+                bottom += value
+            labels.append((x, f"{r['model']}\n{'NumPy' if j == 0 else 'PyTorch'}"))
+    ax.set_xticks([x for x, _ in labels], [t for _, t in labels], fontsize=7)
+    ax.set_ylabel("ms per training step (fwd + bwd, by op)")
+    ax.set_title(f"Training step split, {results[0]['threads']} threads: {machine()['cpu']}", fontsize=8)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
 
 
 def main(argv=None) -> int:
@@ -80,15 +205,18 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--per-round", type=int, default=3,
                         help="timed steps per peer per round, at least (a faster step fills ~20 ms)")
+    parser.add_argument("--models", nargs="+", default=list(CASES), choices=list(CASES))
+    parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--memory-of", choices=("numpy", "torch"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     set_threads(args.threads)
-
-    import resource
+    os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # PyTorch's profiler: no start/stop lines
+    if args.memory_of:
+        return _memory_main(args.memory_of, args.models[0], args.batch, args.threads)
 
     import numpy as np
 
-    from edgecnn.compiler import zoo
-    from edgecnn.compiler.train import SGD, TrainConfig, loss_and_gradients
+    from edgecnn.runtime.timing import flatten, interleaved, paired_ratio
 
     try:
         import torch
@@ -96,50 +224,49 @@ def main(argv=None) -> int:
         print("PyTorch is not installed: the peer of this benchmark (pip install torch==2.13.0)", file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
-    graph_to_torch = load_torch_mirror()
+    print(f"CPU: {machine()['cpu']}, {args.threads} threads; numpy {np.__version__}, torch {torch.__version__}")
 
     rows, results = [], []
-    for name, batch in CASES:
-        graph = zoo.build(name, seed=0)
-        rng = np.random.default_rng(0)
-        x = rng.standard_normal((batch, *graph.inputs[0].shape[1:])).astype(np.float32)
-        y = rng.integers(0, 10, batch)
-        config = TrainConfig(optimizer="sgd", lr=0.01)
-        ours = SGD(momentum=0.9, weight_decay=5e-4)
-
-        def numpy_step():
-            loss, _, grads = loss_and_gradients(graph, x, y, config)
-            ours.step(graph.params, grads, 0.01)
-
-        module = graph_to_torch(zoo.build(name, seed=0))
-        module.train()
-        opt = torch.optim.SGD(list(module.weights), lr=0.01, momentum=0.9, weight_decay=5e-4)
-        tx, ty = torch.from_numpy(x), torch.from_numpy(y)
-
-        def torch_step():
-            opt.zero_grad(set_to_none=True)
-            torch.nn.functional.cross_entropy(module(tx), ty).backward()
-            opt.step()
-
-        rounds = interleaved({"numpy": numpy_step, "torch": torch_step}, rounds=args.rounds, calls=args.per_round)
-        times = {peer: summary(r) for peer, r in rounds.items()}
+    for name in args.models:
+        batch = CASES[name]
+        agreement = forward_agreement(name, batch)
+        if agreement > 1e-3:
+            print(f"{name}: the PyTorch module's logits differ from edgecnn's by {agreement:.2e} (relative): "
+                  "not the same model, nothing to compare", file=sys.stderr)
+            return 1
+        numpy_step, graph, x = setup(name, batch, "numpy")
+        numpy_copy, _, _ = setup(name, batch, "numpy")
+        torch_step, _, _ = setup(name, batch, "torch")
+        rounds = interleaved({"numpy": numpy_step, "numpy_copy": numpy_copy, "torch": torch_step},
+                             rounds=args.rounds, calls=args.per_round)
+        median = {peer: float(np.median(flatten(r))) for peer, r in rounds.items()}
         ratio = paired_ratio(rounds["numpy"], rounds["torch"])
-        ops = per_op_times(graph, x)
-        rows.append({"model": name, "batch": batch, "threads": args.threads,
-                     "numpy_ms": times["numpy"]["median_s"] * 1e3,
-                     "torch_mirror_ms": times["torch"]["median_s"] * 1e3,
-                     "ratio": ratio, "target": f"<= {TARGET_RATIO}", "meets": ratio <= TARGET_RATIO,
-                     "top_ops_ms": ", ".join(f"{k} {v:.1f}" for k, v in list(ops.items())[:4])})
-        results.append({"model": name, "batch": batch, "threads": args.threads, "numpy": times["numpy"],
-                        "torch": times["torch"], "ratio": ratio, "numpy_ops_ms": ops})
+        noise = paired_ratio(rounds["numpy_copy"], rounds["numpy"])
+        ours, theirs = numpy_split(graph, x), torch_split(torch_step)
+        memory = {side: memory_child(side, name, batch, args.threads) for side in ("numpy", "torch")}
+        target = TARGETS[name]
+        rows.append({"model": name, "batch": batch, "numpy_ms": median["numpy"] * 1e3,
+                     "torch_ms": median["torch"] * 1e3, "ratio": ratio, "target": f"<= {target}",
+                     "meets": ratio <= target, "noise": noise,
+                     "numpy_step_mb": memory["numpy"]["step_mb"], "torch_step_mb": memory["torch"]["step_mb"],
+                     "numpy_split": ", ".join(f"{k} {v:.1f}" for k, v in list(ours.items())[:4]),
+                     "torch_split": ", ".join(f"{k} {v:.1f}" for k, v in list(theirs.items())[:4])})
+        results.append({"model": name, "batch": batch, "threads": args.threads, "rounds": args.rounds,
+                        "numpy_median_s": median["numpy"], "numpy_copy_median_s": median["numpy_copy"],
+                        "torch_median_s": median["torch"], "ratio": ratio, "target": target,
+                        "noise_floor_ratio": noise, "forward_agreement": agreement,
+                        "numpy_split_ms": ours, "torch_split_ms": theirs, "memory": memory,
+                        "rounds_s": {peer: [float(np.median(r)) for r in rs] for peer, rs in rounds.items()}})
+        print(f"{name}: NumPy {median['numpy'] * 1e3:.1f} ms, PyTorch {median['torch'] * 1e3:.1f} ms, "
+              f"ratio {ratio:.2f} (noise floor {noise:.2f})", flush=True)
     print_table(rows)
-    print(f"torch_mirror: {TORCH_PEER}")
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-    print(f"peak RSS of this process: {peak:.0f} MB")
-    path = write_result("train_step", {"target_ratio": TARGET_RATIO, "results": results, "peak_rss_mb": peak,
-                                       "torch_peer": TORCH_PEER,
-                                       "torch_version": torch.__version__, "numpy_version": np.__version__})
-    print(f"wrote {path}")
+    print("torch peer: torch.nn modules in bench/torch_models.py; step memory = peak RSS of a fresh process "
+          f"running {MEMORY_STEPS} steps of one side, less its RSS before the first step")
+    path = write_result("train_step", {"targets": TARGETS, "results": results, "torch_version": torch.__version__,
+                                       "numpy_version": np.__version__,
+                                       "torch_peer": "torch.nn modules, bench/torch_models.py"})
+    plot(results, RESULTS_DIR / "train_step.png")
+    print(f"wrote {path} and {RESULTS_DIR / 'train_step.png'}")
     return 0
 
 

@@ -318,8 +318,8 @@ def loss_and_gradients(graph: Graph, x: np.ndarray, labels: np.ndarray, config: 
     outputs = tape.values[output_name]
     logits = _logits_2d(outputs)
     loss, dlogits = LOSSES[config.loss](logits, labels, config)
-    grads = numpy_backend.backward(graph, tape, {output_name: dlogits.reshape(outputs.shape)})
     trainable = trainable_parameters(graph) if trainable is None else trainable
+    grads = numpy_backend.backward(graph, tape, {output_name: dlogits.reshape(outputs.shape)}, wanted=trainable)
     return loss, logits, {k: grads[k] for k in trainable if k in grads}
 
 

@@ -11,6 +11,7 @@ import math
 import numpy as np
 
 from ..errors import UnsupportedOpError
+from ._parallel import for_slices
 from .base import Op, register
 from .tensor import broadcast_shape, constant_input, unbroadcast
 
@@ -43,12 +44,22 @@ class Relu(Op):
     onnx_opsets = (6, 99)
 
     def forward(self, inputs, ctx):
-        x = inputs[0]
-        y = np.maximum(x, 0).astype(x.dtype, copy=False)
-        return [y], (x > 0 if ctx.need_grad else None)
+        x = np.ascontiguousarray(inputs[0])
+        y = np.empty_like(x)
+        xf, yf = x.reshape(-1), y.reshape(-1)
+        for_slices(lambda first, stop: np.maximum(xf[first:stop], 0, out=yf[first:stop]), xf.size, xf.size)
+        # y > 0 exactly where x > 0: the output (alive anyway) is the backward's mask
+        return [y], (y if ctx.need_grad else None)
 
     def backward(self, cache, grad_outputs):
-        return [grad_outputs[0] * cache]
+        y, dy = cache, np.ascontiguousarray(grad_outputs[0])
+        dx = np.empty_like(dy)
+        yf, dyf, dxf = y.reshape(-1), dy.reshape(-1), dx.reshape(-1)
+
+        def body(first, stop):
+            np.multiply(dyf[first:stop], yf[first:stop] > 0, out=dxf[first:stop])
+        for_slices(body, dyf.size, dyf.size)
+        return [dx]
 
 
 @register

@@ -8,7 +8,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from ..errors import UnsupportedOpError
-from . import _shapes
+from . import _conv_numpy, _shapes
 from .base import Op, RunContext, register
 
 
@@ -48,37 +48,6 @@ def scatter_windows(grad_windows: np.ndarray, padded_shape, strides, dilations) 
             out[:, :, hi:hi + strides[0] * (oh - 1) + 1:strides[0], wj:wj + strides[1] * (ow - 1) + 1:strides[1]] += \
                 grad_windows[:, :, :, :, i, j]
     return out
-
-
-def _tap_slices(i: int, j: int, strides, dilations, out_hw) -> tuple[slice, slice]:
-    """Rows and columns of the padded input that kernel position (i, j) reads, one per output."""
-    hi, wj = i * dilations[0], j * dilations[1]
-    return (slice(hi, hi + strides[0] * (out_hw[0] - 1) + 1, strides[0]),
-            slice(wj, wj + strides[1] * (out_hw[1] - 1) + 1, strides[1]))
-
-
-def _im2col_channel_first(xp: np.ndarray, kernel, strides, dilations, out_hw) -> np.ndarray:
-    """Columns (C, KH, KW, N, OH, OW) of the padded input: one strided copy per kernel position."""
-    n, c = xp.shape[:2]
-    cols = np.empty((c, kernel[0], kernel[1], n, out_hw[0], out_hw[1]), dtype=xp.dtype)
-    channels_first = xp.transpose(1, 0, 2, 3)  # a view (C, N, H, W)
-    for i in range(kernel[0]):
-        for j in range(kernel[1]):
-            rows, columns = _tap_slices(i, j, strides, dilations, out_hw)
-            cols[:, i, j] = channels_first[:, :, rows, columns]
-    return cols
-
-
-def _col2im_channel_first(dcols: np.ndarray, padded_shape, kernel, strides, dilations, out_hw) -> np.ndarray:
-    """Adjoint of :func:`_im2col_channel_first`: add column gradients back into the padded input."""
-    n, c = padded_shape[:2]
-    blocks = dcols.reshape(c, kernel[0], kernel[1], n, out_hw[0], out_hw[1])
-    out = np.zeros((c, n) + tuple(padded_shape[2:]), dtype=dcols.dtype)
-    for i in range(kernel[0]):
-        for j in range(kernel[1]):
-            rows, columns = _tap_slices(i, j, strides, dilations, out_hw)
-            out[:, :, rows, columns] += blocks[:, i, j]
-    return out.transpose(1, 0, 2, 3)
 
 
 class _Spatial2D(Op):
@@ -211,10 +180,10 @@ class Conv(_Spatial2D):
     Output size per spatial axis (see ``_shapes.output_size``):
     ``out = floor((in + pad_begin + pad_end - (dilation * (k - 1) + 1)) / stride) + 1``.
 
-    Computed as im2col + one matrix product per group, with the columns laid out channel-first,
-    ``cols[g] (C/g*KH*KW, N*OH*OW)`` and ``Y[g] = W[g] (M/g, C/g*KH*KW) @ cols[g]``. In that layout
-    every kernel position is one contiguous block of the columns, so both im2col and its adjoint
-    (col2im, in the backward) are one strided copy / add per kernel position.
+    Computed as matrix products per group, ``Y[g] = W[g] (M/g, C/g*KH*KW) @ patches[g]``, by one of
+    the kernels in :mod:`._conv_numpy` chosen from the geometry (1x1 convs straight on the input,
+    stride-1 convs on a padded channels-first grid with no scatter-add in the backward, the rest
+    through im2col/col2im).
     """
 
     attr_defaults = {"auto_pad": "NOTSET", "dilations": None, "group": 1, "kernel_shape": None,
@@ -264,47 +233,23 @@ class Conv(_Spatial2D):
     def forward(self, inputs, ctx: RunContext):
         x, w = inputs[0], inputs[1]
         b = inputs[2] if len(inputs) > 2 and inputs[2] is not None else None
-        kernel, strides, dilations, pads, (oh, ow) = self.geometry(x.shape, tuple(w.shape[2:]))
-        n = x.shape[0]
-        m = w.shape[0]
-        g = self.attrs["group"]
-        xp = np.pad(x, _shapes.numpy_pad_width(pads)) if any(pads) else x
-        # im2col, kept for the backward pass (weight gradient): (g, C/g*KH*KW, N*OH*OW)
-        cols = _im2col_channel_first(xp, kernel, strides, dilations, (oh, ow)).reshape(g, -1, n * oh * ow)
-        y = np.matmul(w.reshape(g, m // g, -1), cols)  # (g, M/g, N*OH*OW)
-        y = y.reshape(m, n, oh, ow).transpose(1, 0, 2, 3)
-        if b is not None:
-            y = y + b.reshape(1, m, 1, 1)
-        y = np.ascontiguousarray(y, dtype=x.dtype)
+        kernel, strides, dilations, pads, out = self.geometry(x.shape, tuple(w.shape[2:]))
+        geo = _conv_numpy.Geometry(*x.shape, w.shape[0], kernel, strides, dilations, tuple(pads), out,
+                                   self.attrs["group"])
+        y = _conv_numpy.forward(x, w, b, geo).astype(x.dtype, copy=False)
         # The first layer's input gradient is rarely wanted (it costs ~30% of a LeNet step).
         need_dx = ctx.requires_grad[0] if ctx.requires_grad else True
-        cache = ((cols, w, xp.shape, x.shape, pads, kernel, strides, dilations, b is not None, need_dx)
-                 if ctx.need_grad else None)
+        # The input, not its patch matrix: the backward rebuilds that (see _conv_numpy).
+        cache = (x, w, geo, b is not None, need_dx) if ctx.need_grad else None
         return [y], cache
 
     def backward(self, cache, grad_outputs):
-        cols, w, padded_shape, x_shape, pads, kernel, strides, dilations, has_bias, need_dx = cache
+        x, w, geo, has_bias, need_dx = cache
         dy = grad_outputs[0]
-        n, m, oh, ow = dy.shape
-        g = self.attrs["group"]
-        dy_mat = np.ascontiguousarray(dy.transpose(1, 0, 2, 3)).reshape(g, m // g, n * oh * ow)
-        dw = np.matmul(dy_mat, cols.transpose(0, 2, 1)).reshape(w.shape)  # (g, M/g, K)
-        grads = [None, dw.astype(w.dtype, copy=False)]
+        dx, dw = _conv_numpy.backward(x, w, dy, geo, need_dx)
+        grads = [dx, dw]
         if has_bias:
-            grads.append(dy.sum(axis=(0, 2, 3)))
-        if not need_dx:
-            return grads
-        wmat = w.reshape(g, m // g, -1)
-        if m // g == 1:
-            # Depthwise: each column gradient is an outer product with one weight row; a broadcast
-            # multiply does it ~6x faster than matmul's stack of (K, 1) @ (1, N*OH*OW) products.
-            dcols = wmat.transpose(0, 2, 1) * dy_mat  # (g, K, N*OH*OW)
-        else:
-            dcols = np.matmul(wmat.transpose(0, 2, 1), dy_mat)
-        dxp = _col2im_channel_first(dcols, padded_shape, kernel, strides, dilations, (oh, ow))
-        h, wd = x_shape[2], x_shape[3]
-        dx = dxp[:, :, pads[0]:pads[0] + h, pads[1]:pads[1] + wd]
-        grads[0] = np.ascontiguousarray(dx)
+            grads.append(dy.reshape(dy.shape[0], dy.shape[1], -1).sum(axis=2).sum(axis=0))
         return grads
 
     def onnx_attributes(self, opset):
@@ -453,7 +398,7 @@ class ConvTranspose(_Spatial2D):
             cols = wmat.transpose(0, 2, 1) * xmat
         else:
             cols = np.matmul(wmat.transpose(0, 2, 1), xmat)  # (g, M/g*KH*KW, N*H*W)
-        full = _col2im_channel_first(cols, (n, m) + canvas, kernel, strides, dilations, (h, wd))
+        full = _conv_numpy.col2im_channel_first(cols, (n, m) + canvas, kernel, strides, dilations, (h, wd))
         y = full[:, :, pads[0]:pads[0] + oh, pads[1]:pads[1] + ow]
         if b is not None:
             y = y + b.reshape(1, m, 1, 1)
@@ -472,7 +417,7 @@ class ConvTranspose(_Spatial2D):
         # the output gradient back on the uncropped output, channels first, then a Conv's columns
         dfull = np.zeros((m, n) + canvas, dtype=dy.dtype)
         dfull[:, :, pads[0]:pads[0] + oh, pads[1]:pads[1] + ow] = dy.transpose(1, 0, 2, 3)
-        dcols = _im2col_channel_first(dfull.transpose(1, 0, 2, 3), kernel, strides, dilations, (h, wd))
+        dcols = _conv_numpy.im2col_channel_first(dfull.transpose(1, 0, 2, 3), kernel, strides, dilations, (h, wd))
         dcols = dcols.reshape(g, m // g * kernel[0] * kernel[1], n * h * wd)
         dw = np.matmul(xmat, dcols.transpose(0, 2, 1)).reshape(w.shape)  # (g, C/g, M/g*KH*KW)
         grads = [None, dw.astype(w.dtype, copy=False)]

@@ -15,8 +15,10 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import UnsupportedOpError
+from ._parallel import for_slices
 from .base import Op, RunContext, register
-from .conv import _Spatial2D, _tap_slices, scatter_windows, windows
+from ._conv_numpy import tap_slices
+from .conv import _Spatial2D, scatter_windows, windows
 
 
 class _Pool2D(_Spatial2D):
@@ -95,35 +97,53 @@ class MaxPool(_Pool2D):
     def forward(self, inputs, ctx: RunContext):
         x = inputs[0]
         kernel, strides, dilations, pads, out, width = self.padded_geometry(x.shape)
-        xp = np.pad(x, width, mode="constant", constant_values=-np.inf)
+        xp = np.pad(x, width, mode="constant", constant_values=-np.inf) if any(map(sum, width)) else x
         win = windows(xp, kernel, strides, dilations, out)
-        y = win[:, :, :, :, 0, 0].copy()
-        for i in range(kernel[0]):
-            for j in range(kernel[1]):
-                if i or j:
-                    np.maximum(y, win[:, :, :, :, i, j], out=y)
-        # kept for the backward pass: the padded input and the maxima, to find each window's winner
-        cache = (xp, y, width, x.shape, kernel, strides, dilations) if ctx.need_grad else None
-        return [y.astype(x.dtype, copy=False)], cache
+        taps = kernel[0] * kernel[1]
+        y = np.empty(x.shape[:2] + tuple(out), dtype=x.dtype)
+        # For the backward, each window's winner: the index of its FIRST maximum in scan order (a
+        # later tap wins only when strictly greater), or NO_WINNER where the max is NaN (as no tap
+        # equals it). One byte per output instead of keeping the padded input.
+        winner = np.zeros(y.shape, dtype=np.uint8 if taps < 255 else np.uint16) if ctx.need_grad else None
+        none = np.iinfo(winner.dtype).max if winner is not None else 0
+
+        def body(first, stop):
+            best = y[first:stop]
+            best[...] = win[first:stop, :, :, :, 0, 0]
+            better = np.empty(best.shape, dtype=bool) if winner is not None else None
+            for t in range(1, taps):
+                tap = win[first:stop, :, :, :, t // kernel[1], t % kernel[1]]
+                if winner is not None:
+                    np.greater(tap, best, out=better)
+                    np.copyto(winner[first:stop], t, where=better)
+                np.maximum(best, tap, out=best)
+            if winner is not None:
+                np.copyto(winner[first:stop], none, where=np.isnan(best))
+        for_slices(body, x.shape[0], y.size * taps)
+        cache = (winner, xp.shape, width, x.shape, kernel, strides, dilations) if ctx.need_grad else None
+        return [y], cache
 
     def backward(self, cache, grad_outputs):
-        xp, y, width, x_shape, kernel, strides, dilations = cache
+        winner, padded_shape, width, x_shape, kernel, strides, dilations = cache
         dy = grad_outputs[0]
         out_hw = dy.shape[2:]
-        dxp = np.zeros(xp.shape, dtype=dy.dtype)
-        routed = np.zeros(y.shape, dtype=bool)  # windows whose gradient has found its winner
-        wins = np.empty(y.shape, dtype=bool)
-        share = np.empty_like(dy)
-        for i in range(kernel[0]):
-            for j in range(kernel[1]):
-                rows, columns = _tap_slices(i, j, strides, dilations, out_hw)
-                # the first tap in scan order that equals the window's max takes the whole gradient
-                np.equal(xp[:, :, rows, columns], y, out=wins)
-                np.greater(wins, routed, out=wins)  # on booleans: wins and not yet routed
-                routed |= wins
-                np.multiply(dy, wins, out=share)
-                dxp[:, :, rows, columns] += share
-        return [_crop(dxp, width, x_shape)]
+        dxp = np.zeros(padded_shape, dtype=dy.dtype)
+        # Windows that do not overlap touch each input once: their share is written, not added.
+        disjoint = all(strides[i] >= dilations[i] * (kernel[i] - 1) + 1 for i in range(2))
+
+        def body(first, stop):
+            hit = np.empty(dy[first:stop].shape, dtype=bool)
+            share = np.empty(dy[first:stop].shape, dtype=dy.dtype)
+            for t in range(kernel[0] * kernel[1]):
+                rows, columns = tap_slices(t // kernel[1], t % kernel[1], strides, dilations, out_hw)
+                np.equal(winner[first:stop], t, out=hit)
+                if disjoint:
+                    np.multiply(dy[first:stop], hit, out=dxp[first:stop, :, rows, columns])
+                else:
+                    np.multiply(dy[first:stop], hit, out=share)
+                    dxp[first:stop, :, rows, columns] += share
+        for_slices(body, dy.shape[0], dy.size * kernel[0] * kernel[1])
+        return [dxp if not any(map(sum, width)) else _crop(dxp, width, x_shape)]
 
     def onnx_attributes(self, opset):
         attrs = super().onnx_attributes(opset)
