@@ -147,6 +147,8 @@ def load_dataset(spec: str, *, seed: int = 0, sample_shape: tuple | None = None,
         ds = load_digits()
     elif spec == "mnist":
         ds = load_mnist()
+    elif spec.startswith("mnist:"):
+        ds = framed(load_mnist(), spec)
     elif path.suffix == ".npz":
         ds = load_npz(path)
     elif path.is_dir():
@@ -154,13 +156,34 @@ def load_dataset(spec: str, *, seed: int = 0, sample_shape: tuple | None = None,
     elif path.exists():
         raise InputError(f"dataset '{spec}' is neither an .npz file nor an image folder")
     else:
-        raise InputError(f"unknown dataset '{spec}': use one of {', '.join(BUILTIN)}, an .npz file with arrays x "
+        raise InputError(f"unknown dataset '{spec}': use one of {', '.join(BUILTIN)} (mnist:CxHxW frames the digits "
+                         f"for a model taking C channels of HxW), an .npz file with arrays x "
                          f"(N,C,H,W) and y (N,), or a folder with one sub-folder of images per class")
     if sample_shape is not None and tuple(sample_shape) != ds.sample_shape:
         raise InputError(f"dataset '{ds.name}' holds samples of shape {ds.sample_shape} but the model expects "
                          f"{tuple(sample_shape)}. Received: x.shape={ds.x.shape}")
     ds.split = split_indices(len(ds.y), seed, val_fraction, test_fraction, ds.fixed_test)
     ds.set_preprocessing(*channel_stats(ds, ds.split.train))
+    return ds
+
+
+def framed(ds: Dataset, spec: str) -> Dataset:
+    """``mnist:CxHxW``: the digits centred on a black HxW canvas (at least their own size), repeated
+    over C channels (1 or 3), for models built for CIFAR-sized colour input. The channels are one
+    broadcast view, not C copies; the official test split is kept."""
+    try:
+        c, h, w = (int(v) for v in spec.split(":", 1)[1].lower().split("x"))
+    except ValueError:
+        raise InputError(f"dataset '{spec}': the frame is written CxHxW, e.g. mnist:3x32x32") from None
+    _, c0, h0, w0 = ds.x.shape
+    if c not in (c0, 3) or h < h0 or w < w0:
+        raise InputError(f"dataset '{spec}': the frame must have 1 or 3 channels and be at least "
+                         f"{h0}x{w0}. Received: channels={c}, size={h}x{w}")
+    canvas = np.zeros((len(ds.x), c0, h, w), dtype=ds.x.dtype)
+    top, left = (h - h0) // 2, (w - w0) // 2
+    canvas[:, :, top:top + h0, left:left + w0] = ds.x
+    ds.x = np.broadcast_to(canvas, (len(canvas), c, h, w))
+    ds.name = spec
     return ds
 
 

@@ -6,7 +6,8 @@ Each is chosen from the layer's geometry, and all compute the same sums up to fl
 * **pointwise** (1x1 kernel, no padding): the convolution is a matrix product per sample,
   ``Y[n] = W (M, C) @ X[n] (C, H*W)``, read and written in NCHW as they lie (a stride is one
   subsampling copy first).
-* **wide** (stride 1, any kernel, padding and dilation, not depthwise): the input goes channels
+* **wide** (stride 1, any kernel, padding and dilation, not depthwise, where the padded grid is
+  at most ``WIDE_WASTE_LIMIT`` times the output): the input goes channels
   first into a zero-padded buffer ``(C, N*Hp*Wp)``. There the pixel a kernel tap reads for output
   position ``p`` is at ``p + offset(tap)``, one fixed offset per tap, so each tap's rows of the
   patch matrix are one *contiguous* slice of that buffer, and the output is computed on the whole
@@ -16,8 +17,8 @@ Each is chosen from the layer's geometry, and all compute the same sums up to fl
   has no scatter-add. The patch matrix is built and consumed in column chunks sized for the
   cache, and never kept: the backward rebuilds it, so a layer's training memory is its input and
   output, not nine copies of the input.
-* **columns** (strided and depthwise convs): im2col with the columns channels first, one strided
-  copy per kernel tap, and its adjoint col2im in the backward.
+* **columns** (the rest: strided, depthwise, small maps): im2col with the columns channels first,
+  one strided copy per kernel tap, and its adjoint col2im in the backward.
 
 Temporaries come from :mod:`._scratch` and are reused across calls; the work is cut into slices
 for the threads of :mod:`._parallel` (by columns of the patch matrix, by sample, or by channel).
@@ -35,9 +36,14 @@ from ._scratch import scratch
 # keeps one such buffer). Smaller chunks stay in cache, but their products are too narrow for
 # BLAS: on a 2-vCPU Xeon, vgg-small's convs took 147 ms (forward and backward) with 1 MiB chunks,
 # 133 ms with 4 MiB and 116 ms with 16 MiB, single-threaded copies; with the copies split over
-# the threads 4 MiB is within noise of 8 MiB and keeps training memory lower.
+# two threads, 4 MiB ran 7% slower than 8 MiB but keeps vgg-small's training step under
+# PyTorch's memory (one buffer per thread).
 CHUNK_BYTES = 4 << 20
 MIN_CHUNK_COLUMNS = 512
+# Beyond this much wasted work the wide path loses to plain im2col (2-vCPU Xeon, forward +
+# backward): 32x32 maps padded by 1 (1.13) and 16x16 (1.27) ran faster wide; 8x8 maps (1.56),
+# LeNet's 28x28 padded by 2 (1.31) and its unpadded 5x5 conv on 14x14 (1.96) faster as columns.
+WIDE_WASTE_LIMIT = 1.3
 
 
 @dataclass(frozen=True)
@@ -68,9 +74,15 @@ class Geometry:
     def method(self) -> str:
         if self.kernel == (1, 1) and not any(self.pads):
             return "pointwise"
-        if self.strides == (1, 1) and not (self.c == self.group and self.m == self.group and self.group > 1):
+        depthwise = self.c == self.group and self.m == self.group and self.group > 1
+        if self.strides == (1, 1) and not depthwise and self.waste < WIDE_WASTE_LIMIT:
             return "wide"
         return "columns"
+
+    @property
+    def waste(self) -> float:
+        """Positions the wide path computes per output it keeps (the padded grid over the output)."""
+        return self.padded[0] * self.padded[1] / (self.out[0] * self.out[1])
 
 
 def forward(x: np.ndarray, w: np.ndarray, b, geo: Geometry) -> np.ndarray:
