@@ -30,7 +30,7 @@ from pathlib import Path
 from _common import RESULTS_DIR, machine, print_table, set_threads, write_result
 
 CASES = {
-    "lenet5": {"dataset": "mnist", "epochs": 8, "batch_size": 64, "lr": 0.05, "target": 0.99},
+    "lenet5": {"dataset": "mnist", "epochs": 8, "batch_size": 64, "lr": 0.1, "target": 0.99},
     "resnet8": {"dataset": "mnist:3x32x32", "epochs": 2, "batch_size": 64, "lr": 0.05, "target": None},
     "vgg-small": {"dataset": "mnist:3x32x32", "epochs": 2, "batch_size": 32, "lr": 0.02, "target": None},
 }

@@ -41,8 +41,11 @@ from ._scratch import scratch
 CHUNK_BYTES = 4 << 20
 MIN_CHUNK_COLUMNS = 512
 # Beyond this much wasted work the wide path loses to plain im2col (2-vCPU Xeon, forward +
-# backward): 32x32 maps padded by 1 (1.13) and 16x16 (1.27) ran faster wide; 8x8 maps (1.56),
-# LeNet's 28x28 padded by 2 (1.31) and its unpadded 5x5 conv on 14x14 (1.96) faster as columns.
+# backward, both with reused buffers and split over two threads): 32x32 maps padded by 1 (1.13)
+# ran 8% faster wide, 16x16 maps (1.27) about even; 8x8 maps (1.56), LeNet's 28x28 padded by 2
+# (1.31) and its unpadded 5x5 conv on 14x14 (1.96) faster as columns. (A third way, one product
+# per kernel tap from the padded grid with no patch matrix at all, was 25% slower overall: its
+# products are only C deep.)
 WIDE_WASTE_LIMIT = 1.3
 
 
