@@ -25,7 +25,7 @@ for the threads of :mod:`._parallel` (by columns of the patch matrix, by sample,
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -294,52 +294,67 @@ def _columns(x, geo: Geometry) -> np.ndarray:
     return cols.reshape(geo.group, -1, geo.n * oh * ow)
 
 
+def _over_samples(body, geo: Geometry, bytes_per_sample: int) -> list:
+    """``body(first, stop, sub_geometry)`` over chunks of samples whose patch matrix is about
+    CHUNK_BYTES, one after another, each chunk's copies and products split over the threads.
+    (Handing whole chunks to the threads instead holds a patch matrix per thread: vgg-small's
+    training step then took 65 MB over its start instead of 52.)"""
+    per_chunk = max(1, CHUNK_BYTES // max(1, bytes_per_sample))
+    return [body(s, min(geo.n, s + per_chunk), replace(geo, n=min(geo.n, s + per_chunk) - s))
+            for s in range(0, geo.n, per_chunk)]
+
+
 def _columns_forward(x, w, geo: Geometry):
     g, (oh, ow) = geo.group, geo.out
-    cols = _columns(x, geo)
-    out = matmul(w.reshape(g, geo.m // g, -1), cols)
+    wmat = w.reshape(g, geo.m // g, -1)
     y = np.empty((geo.n, geo.m, oh, ow), dtype=x.dtype)
-    assign(y, out.reshape(geo.m, geo.n, oh, ow).transpose(1, 0, 2, 3))
+
+    def chunk(first, stop, sub):
+        cols = _columns(x[first:stop], sub)
+        out = matmul(wmat, cols, out=scratch("conv.output", (g, geo.m // g, cols.shape[-1]), x.dtype))
+        assign(y[first:stop], out.reshape(geo.m, sub.n, oh, ow).transpose(1, 0, 2, 3))
+    _over_samples(chunk, geo, geo.c * geo.taps * oh * ow * x.dtype.itemsize)
     return y
 
 
 def _columns_backward(x, w, dy, geo: Geometry, need_dx):
-    g, (oh, ow), (kh, kw) = geo.group, geo.out, geo.kernel
+    g, (oh, ow), (kh, kw), (hp, wp) = geo.group, geo.out, geo.kernel, geo.padded
     mg = geo.m // g
-    dy_mat = scratch("conv.grad", (geo.m, geo.n, oh * ow), dy.dtype)
-    assign(dy_mat, dy.reshape(geo.n, geo.m, oh * ow).transpose(1, 0, 2))
-    dy_mat = dy_mat.reshape(g, mg, geo.n * oh * ow)
-    cols = _columns(x, geo)
-
-    def weight_part(first, stop):
-        return np.matmul(dy_mat[..., first:stop], cols[..., first:stop].transpose(0, 2, 1))
-    dw = sum(for_slices(weight_part, cols.shape[-1], cols.size * mg)).reshape(w.shape).astype(w.dtype, copy=False)
-    if not need_dx:
-        return None, dw
     wmat = w.reshape(g, mg, -1)
-    if mg == 1:
-        # Depthwise: each column gradient is an outer product with one weight row; a broadcast
-        # multiply does it ~6x faster than matmul's stack of (K, 1) @ (1, N*OH*OW) products.
-        def outer(first, stop):
-            np.multiply(wmat.transpose(0, 2, 1), dy_mat[..., first:stop], out=cols[..., first:stop])
-        for_slices(outer, cols.shape[-1], cols.size)
-        dcols = cols
-    else:
-        dcols = matmul(wmat.transpose(0, 2, 1), dy_mat, out=cols)
-    hp, wp = geo.padded
-    blocks = dcols.reshape(geo.c, kh, kw, geo.n, oh, ow)
-    dpadded = scratch("conv.dinput", (geo.c, geo.n, hp, wp), dy.dtype, zero=True)
-
-    def scatter(first, stop):
-        for i in range(kh):
-            for j in range(kw):
-                rows, columns = tap_slices(i, j, geo.strides, geo.dilations, geo.out)
-                dpadded[first:stop, :, rows, columns] += blocks[first:stop, i, j]
-    for_slices(scatter, geo.c, blocks.size)
     top, left = geo.pads[0], geo.pads[1]
-    dx = np.empty((geo.n, geo.c, geo.h, geo.w), dtype=dy.dtype)
-    assign(dx, dpadded[:, :, top:top + geo.h, left:left + geo.w].transpose(1, 0, 2, 3))
-    return dx, dw
+    dx = np.empty((geo.n, geo.c, geo.h, geo.w), dtype=dy.dtype) if need_dx else None
+
+    def chunk(first, stop, sub):
+        dy_mat = scratch("conv.grad", (geo.m, sub.n, oh * ow), dy.dtype)
+        assign(dy_mat, dy[first:stop].reshape(sub.n, geo.m, oh * ow).transpose(1, 0, 2))
+        dy_mat = dy_mat.reshape(g, mg, sub.n * oh * ow)
+        cols = _columns(x[first:stop], sub)
+        dw = sum(for_slices(lambda a, b: np.matmul(dy_mat[..., a:b], cols[..., a:b].transpose(0, 2, 1)),
+                            cols.shape[-1], cols.size * mg))
+        if not need_dx:
+            return dw
+        if mg == 1:
+            # Depthwise: each column gradient is an outer product with one weight row; a broadcast
+            # multiply does it ~6x faster than matmul's stack of (K, 1) @ (1, N*OH*OW) products.
+            def outer(a, b):
+                np.multiply(wmat.transpose(0, 2, 1), dy_mat[..., a:b], out=cols[..., a:b])
+            for_slices(outer, cols.shape[-1], cols.size)
+            dcols = cols
+        else:
+            dcols = matmul(wmat.transpose(0, 2, 1), dy_mat, out=cols)
+        blocks = dcols.reshape(geo.c, kh, kw, sub.n, oh, ow)
+        dpadded = scratch("conv.output", (geo.c, sub.n, hp, wp), dy.dtype, zero=True)  # the forward's, idle here
+
+        def scatter(a, b):
+            for i in range(kh):
+                for j in range(kw):
+                    rows, columns = tap_slices(i, j, geo.strides, geo.dilations, geo.out)
+                    dpadded[a:b, :, rows, columns] += blocks[a:b, i, j]
+        for_slices(scatter, geo.c, blocks.size)
+        assign(dx[first:stop], dpadded[:, :, top:top + geo.h, left:left + geo.w].transpose(1, 0, 2, 3))
+        return dw
+    dw = sum(_over_samples(chunk, geo, geo.c * geo.taps * oh * ow * dy.dtype.itemsize))
+    return dx, dw.reshape(w.shape).astype(w.dtype, copy=False)
 
 
 _METHODS = {
