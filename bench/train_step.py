@@ -5,7 +5,10 @@ The PyTorch peer is a real ``torch.nn`` module of the same architecture (``bench
 with the same thread count (BLAS threads for NumPy, ``torch.set_num_threads``). Before timing, the
 two forward passes are checked to agree. Rounds are interleaved in rotating order so that load on
 the machine hits both alike, with a second copy of the NumPy step as a third peer: its ratio to the
-first is the run's noise floor.
+first is the run's noise floor. Interleaving is fair to both but not free: each side's threads
+and cache footprint slow the other's next step a little (PyTorch's lenet5 step measured 5.1 ms
+alone and 6.8 ms right after a NumPy step), so each side is also timed alone, 20 steps in a row,
+and that ratio is reported beside the interleaved one.
 
 Reported per model: each side's median step, the ratio (median over rounds of NumPy / PyTorch),
 the noise floor, the split of each side's step per op kind (NumPy: per op type, timed node by
@@ -71,6 +74,15 @@ def setup(name: str, batch: int, side: str):
         torch.nn.functional.cross_entropy(module(tx), ty).backward()
         opt.step()
     return torch_step, module, x
+
+
+def _alone_median(step, calls: int = 20) -> float:
+    """Median seconds of ``calls`` steps of one side with nothing else between them."""
+    from edgecnn.runtime.timing import settle, time_calls
+
+    settle()
+    time_calls(step, 3)
+    return float(sorted(time_calls(step, calls))[calls // 2])
 
 
 def forward_agreement(name: str, batch: int) -> float:
@@ -242,12 +254,13 @@ def main(argv=None) -> int:
         median = {peer: float(np.median(flatten(r))) for peer, r in rounds.items()}
         ratio = paired_ratio(rounds["numpy"], rounds["torch"])
         noise = paired_ratio(rounds["numpy_copy"], rounds["numpy"])
+        alone = {peer: _alone_median(step) for peer, step in (("numpy", numpy_step), ("torch", torch_step))}
         ours, theirs = numpy_split(graph, x), torch_split(torch_step)
         memory = {side: memory_child(side, name, batch, args.threads) for side in ("numpy", "torch")}
         target = TARGETS[name]
         rows.append({"model": name, "batch": batch, "numpy_ms": median["numpy"] * 1e3,
                      "torch_ms": median["torch"] * 1e3, "ratio": ratio, "target": f"<= {target}",
-                     "meets": ratio <= target, "noise": noise,
+                     "meets": ratio <= target, "noise": noise, "alone_ratio": alone["numpy"] / alone["torch"],
                      "numpy_step_mb": memory["numpy"]["step_mb"], "torch_step_mb": memory["torch"]["step_mb"],
                      "numpy_split": ", ".join(f"{k} {v:.1f}" for k, v in list(ours.items())[:4]),
                      "torch_split": ", ".join(f"{k} {v:.1f}" for k, v in list(theirs.items())[:4])})
@@ -255,11 +268,14 @@ def main(argv=None) -> int:
                         "numpy_median_s": median["numpy"], "numpy_copy_median_s": median["numpy_copy"],
                         "torch_median_s": median["torch"], "ratio": ratio, "target": target,
                         "noise_floor_ratio": noise, "forward_agreement": agreement,
+                        "alone_median_s": alone, "alone_ratio": alone["numpy"] / alone["torch"],
                         "numpy_split_ms": ours, "torch_split_ms": theirs, "memory": memory,
                         "rounds_s": {peer: [float(np.median(r)) for r in rs] for peer, rs in rounds.items()}})
         print(f"{name}: NumPy {median['numpy'] * 1e3:.1f} ms, PyTorch {median['torch'] * 1e3:.1f} ms, "
               f"ratio {ratio:.2f} (noise floor {noise:.2f})", flush=True)
     print_table(rows)
+    print("ratio: interleaved rounds (median of per-round ratios); alone_ratio: each side's median of 20 steps "
+          "in a row")
     print("torch peer: torch.nn modules in bench/torch_models.py; step memory = peak RSS of a fresh process "
           f"running {MEMORY_STEPS} steps of one side, less its RSS before the first step")
     path = write_result("train_step", {"targets": TARGETS, "results": results, "torch_version": torch.__version__,
