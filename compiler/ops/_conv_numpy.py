@@ -285,12 +285,17 @@ def _columns(x, geo: Geometry) -> np.ndarray:
     cols = scratch("conv.cols", (geo.c, kh, kw, geo.n, oh, ow), x.dtype)
     channels_first = padded.transpose(1, 0, 2, 3)
 
-    def copy(first, stop):
+    def copy(first, stop):  # over channels, or over samples when there are more of those (a 1-channel input)
+        part = slice(first, stop)
         for i in range(kh):
             for j in range(kw):
                 rows, columns = tap_slices(i, j, geo.strides, geo.dilations, geo.out)
-                cols[first:stop, i, j] = channels_first[first:stop, :, rows, columns]
-    for_slices(copy, geo.c, cols.size)
+                if by_channel:
+                    cols[part, i, j] = channels_first[part, :, rows, columns]
+                else:
+                    cols[:, i, j, part] = channels_first[:, part, rows, columns]
+    by_channel = geo.c >= geo.n
+    for_slices(copy, geo.c if by_channel else geo.n, cols.size)
     return cols.reshape(geo.group, -1, geo.n * oh * ow)
 
 
@@ -345,12 +350,17 @@ def _columns_backward(x, w, dy, geo: Geometry, need_dx):
         blocks = dcols.reshape(geo.c, kh, kw, sub.n, oh, ow)
         dpadded = scratch("conv.output", (geo.c, sub.n, hp, wp), dy.dtype, zero=True)  # the forward's, idle here
 
+        by_channel = geo.c >= sub.n
+
         def scatter(a, b):
             for i in range(kh):
                 for j in range(kw):
                     rows, columns = tap_slices(i, j, geo.strides, geo.dilations, geo.out)
-                    dpadded[a:b, :, rows, columns] += blocks[a:b, i, j]
-        for_slices(scatter, geo.c, blocks.size)
+                    if by_channel:
+                        dpadded[a:b, :, rows, columns] += blocks[a:b, i, j]
+                    else:
+                        dpadded[:, a:b, rows, columns] += blocks[:, i, j, a:b]
+        for_slices(scatter, geo.c if by_channel else sub.n, blocks.size)
         assign(dx[first:stop], dpadded[:, :, top:top + geo.h, left:left + geo.w].transpose(1, 0, 2, 3))
         return dw
     dw = sum(_over_samples(chunk, geo, geo.c * geo.taps * oh * ow * dy.dtype.itemsize))

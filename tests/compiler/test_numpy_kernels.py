@@ -31,15 +31,18 @@ CONV_CASES = [
     ({"strides": [2, 1], "pads": [1, 0, 2, 1]}, (2, 3, 9, 8), (4, 3, 3, 3), "columns"),
     ({"group": 4, "pads": [1, 1, 1, 1]}, (2, 4, 6, 6), (4, 1, 3, 3), "columns"),
     ({"pads": [0, 0, 0, 0]}, (2, 3, 8, 8), (4, 3, 5, 5), "columns"),  # padded grid 2.8x the output
+    ({"strides": [2, 2], "pads": [1, 1, 1, 1]}, (5, 1, 9, 9), (3, 1, 3, 3), "columns"),  # split by sample
 ]
 
 
-@pytest.fixture
-def split_everything(monkeypatch):
-    """Two threads, every operation split however small, patch-matrix chunks of 16 columns."""
+@pytest.fixture(params=["small-chunks", "whole-batch"])
+def split_everything(monkeypatch, request):
+    """Two threads and every operation split however small; patch matrices either cut into chunks
+    of 16 columns (one sample at a time in im2col) or built whole."""
     monkeypatch.setattr(_parallel, "MIN_ELEMENTS", 0)
-    monkeypatch.setattr(_conv_numpy, "CHUNK_BYTES", 16)
-    monkeypatch.setattr(_conv_numpy, "MIN_CHUNK_COLUMNS", 16)
+    if request.param == "small-chunks":
+        monkeypatch.setattr(_conv_numpy, "CHUNK_BYTES", 16)
+        monkeypatch.setattr(_conv_numpy, "MIN_CHUNK_COLUMNS", 16)
     _parallel.set_threads(2)
     yield
     _parallel.set_threads(None)
