@@ -166,9 +166,10 @@ def main(argv=None) -> int:
                             "batch_size": case["batch_size"], "lr": case["lr"], "target": target,
                             "edgecnn": ours, "torch": theirs})
     print_table(rows, floatfmt=".4g")
-    path = write_result("train_runs", {"threads": args.threads, "results": results})
-    plot(results, RESULTS_DIR / "train_runs.png")
-    print(f"wrote {path} and {RESULTS_DIR / 'train_runs.png'}")
+    name = "train_runs" if not args.only else "train_runs-" + "-".join(args.only)
+    path = write_result(name, {"threads": args.threads, "results": results})
+    plot(results, RESULTS_DIR / f"{name}.png")
+    print(f"wrote {path} and {RESULTS_DIR / f'{name}.png'}")
     return 0
 
 
