@@ -19,7 +19,7 @@ import hashlib
 import io
 import pickle
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -182,9 +182,7 @@ def framed(ds: Dataset, spec: str) -> Dataset:
     canvas = np.zeros((len(ds.x), c0, h, w), dtype=ds.x.dtype)
     top, left = (h - h0) // 2, (w - w0) // 2
     canvas[:, :, top:top + h0, left:left + w0] = ds.x
-    ds.x = np.broadcast_to(canvas, (len(canvas), c, h, w))
-    ds.name = spec
-    return ds
+    return replace(ds, name=spec, x=np.broadcast_to(canvas, (len(canvas), c, h, w)))
 
 
 def _check_arrays(name: str, x: np.ndarray, y: np.ndarray, labels: list[str] | None) -> Dataset:

@@ -160,3 +160,27 @@ def test_mnist_loads_and_caches(tmp_path, monkeypatch):
     assert len(cached) == 1
     again = D.load_mnist()
     np.testing.assert_array_equal(again.y, ds.y)
+
+
+def test_framed_digits_are_centred_and_repeated_over_the_channels():
+    rng = np.random.default_rng(0)
+    digits = D._check_arrays("mnist", rng.integers(0, 256, (5, 1, 28, 28)).astype(np.uint8), np.arange(5), None)
+    digits.fixed_test = np.array([3, 4])
+    framed = D.framed(digits, "mnist:3x32x32")
+    assert framed.sample_shape == (3, 32, 32) and framed.name == "mnist:3x32x32"
+    assert framed.fixed_test.tolist() == [3, 4]
+    for channel in range(3):
+        np.testing.assert_array_equal(framed.x[:, channel, 2:30, 2:30], digits.x[:, 0])
+    assert not framed.x[:, :, :2].any() and not framed.x[:, :, 30:].any()
+    assert not framed.x[:, :, :, :2].any() and not framed.x[:, :, :, 30:].any()
+    framed.set_preprocessing([0.5] * 3, [0.25] * 3)
+    np.testing.assert_allclose(framed.batch(np.array([1]))[0, 2, 2:30, 2:30], (digits.x[1, 0] / 255 - 0.5) / 0.25,
+                               rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("spec, message", [("mnist:3x20x20", "at least 28x28"), ("mnist:2x32x32", "1 or 3 channels"),
+                                           ("mnist:32x32", "CxHxW")])
+def test_framed_digits_refuse_frames_that_do_not_fit(spec, message):
+    digits = D._check_arrays("mnist", np.zeros((2, 1, 28, 28), np.uint8), np.arange(2), None)
+    with pytest.raises(InputError, match=message):
+        D.framed(digits, spec)
