@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -30,6 +31,7 @@ _pool_size = 0
 _chosen: int | None = None  # set_threads
 _blas_threads: int | None = None  # what BLAS was set to when compute() last began
 _blas_libs = None  # threadpoolctl's controllers of the BLAS libraries loaded, found once
+_modules_seen = 0
 _saved: list = []
 _depth = 0
 
@@ -69,14 +71,16 @@ def _executor(count: int) -> ThreadPoolExecutor:
 @contextlib.contextmanager
 def compute():
     """BLAS on one thread for the duration (the backend's threads split the work); reentrant."""
-    global _blas_libs, _blas_threads, _saved, _depth
+    global _blas_libs, _blas_threads, _saved, _depth, _modules_seen
     with _lock:
         _depth += 1
         if _depth == 1:
-            if _blas_libs is None:
+            if _blas_libs is None or len(sys.modules) != _modules_seen:
+                # found again after new imports: another library (PyTorch, TVM) may have brought its own BLAS
                 from threadpoolctl import ThreadpoolController
 
                 _blas_libs = ThreadpoolController().select(user_api="blas").lib_controllers
+                _modules_seen = len(sys.modules)
             _saved = [(lib, lib.get_num_threads()) for lib in _blas_libs]
             _blas_threads = max((count for _, count in _saved), default=None)
             if threads() > 1:
