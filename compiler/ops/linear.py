@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ModelDefinitionError
+from ._parallel import matmul  # split over the backend's threads (BLAS runs on one inside it)
 from .base import Op, register
 from .tensor import broadcast_shape, unbroadcast
 
@@ -76,7 +77,7 @@ class Gemm(Op):
         c = inputs[2] if len(inputs) > 2 else None
         a_op = a.T if self.attrs["transA"] else a
         b_op = b.T if self.attrs["transB"] else b
-        y = a_op @ b_op
+        y = matmul(a_op, b_op)
         if self.attrs["alpha"] != 1.0:
             y *= self.attrs["alpha"]
         if c is not None:
@@ -88,8 +89,8 @@ class Gemm(Op):
         a_op, b_op, c_shape = cache
         dy = grad_outputs[0]
         alpha = self.attrs["alpha"]
-        da = alpha * (dy @ b_op.T)  # d/dA' of the product
-        db = alpha * (a_op.T @ dy)
+        da = alpha * matmul(dy, b_op.T)  # d/dA' of the product
+        db = alpha * matmul(a_op.T, dy)
         grads = [np.ascontiguousarray(da.T if self.attrs["transA"] else da),
                  np.ascontiguousarray(db.T if self.attrs["transB"] else db)]
         if c_shape is not None:
@@ -138,7 +139,7 @@ class MatMul(Op):
 
     def forward(self, inputs, ctx):
         a, b = inputs
-        y = np.matmul(a, b).astype(a.dtype, copy=False)
+        y = (matmul(a, b) if min(a.ndim, b.ndim) >= 2 else np.matmul(a, b)).astype(a.dtype, copy=False)
         wanted = tuple(ctx.requires_grad) or (True, True)
         return [y], ((a, b, wanted) if ctx.need_grad else None)
 
@@ -150,7 +151,7 @@ class MatMul(Op):
         dy = grad_outputs[0].reshape(batch + (a2.shape[-2], b2.shape[-1]))
         da = db = None
         if wanted[0]:
-            da = unbroadcast(dy @ np.swapaxes(b2, -1, -2), a2.shape).reshape(a.shape)
+            da = unbroadcast(matmul(dy, np.swapaxes(b2, -1, -2)), a2.shape).reshape(a.shape)
         if wanted[1]:
-            db = unbroadcast(np.swapaxes(a2, -1, -2) @ dy, b2.shape).reshape(b.shape)
+            db = unbroadcast(matmul(np.swapaxes(a2, -1, -2), dy), b2.shape).reshape(b.shape)
         return [da, db]

@@ -166,3 +166,26 @@ def test_compute_holds_blas_to_one_thread_and_restores_it():
 def test_for_slices_covers_the_range_once_in_order(split_everything):
     seen = _parallel.for_slices(lambda first, stop: list(range(first, stop)), 11, 11, start=5)
     assert [i for part in seen for i in part] == list(range(5, 16)) and len(seen) == 2
+
+
+def test_gemm_and_matmul_split_over_threads_equal_numpys_products(split_everything):
+    from edgecnn.compiler.ops.linear import Gemm, MatMul
+
+    rng = np.random.default_rng(5)
+    a, b, c = rng.standard_normal((7, 5)), rng.standard_normal((9, 5)), rng.standard_normal(9)
+    gemm = Gemm({"transB": 1, "alpha": 0.5, "beta": 2.0}, "fc")
+    with _parallel.compute():
+        (y,), cache = gemm.forward([a, b, c], RunContext(need_grad=True))
+        dy = rng.standard_normal(y.shape)
+        da, db, dc = gemm.backward(cache, [dy])
+    np.testing.assert_allclose(y, 0.5 * a @ b.T + 2.0 * c, rtol=1e-12)
+    np.testing.assert_allclose(da, 0.5 * dy @ b, rtol=1e-12)
+    np.testing.assert_allclose(db, 0.5 * dy.T @ a, rtol=1e-12)
+    x, w = rng.standard_normal((2, 3, 4, 6)), rng.standard_normal((6, 5))
+    matmul = MatMul({}, "mm")
+    with _parallel.compute():
+        (y,), cache = matmul.forward([x, w], RunContext(need_grad=True))
+        dx, dw = matmul.backward(cache, [np.ones_like(y)])
+    np.testing.assert_allclose(y, x @ w, rtol=1e-12)
+    np.testing.assert_allclose(dx, np.ones_like(y) @ w.T, rtol=1e-12)
+    np.testing.assert_allclose(dw, x.reshape(-1, 6).T @ np.ones((24, 5)), rtol=1e-12)
