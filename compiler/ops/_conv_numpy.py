@@ -107,10 +107,6 @@ def _subsampled(x, geo: Geometry) -> np.ndarray:
     return np.ascontiguousarray(x[:, :, ::geo.strides[0], ::geo.strides[1]])
 
 
-def _per_sample(body, geo: Geometry, elements: int) -> list:
-    return for_slices(body, geo.n, elements)
-
-
 def _pointwise_forward(x, w, geo: Geometry):
     g, (oh, ow) = geo.group, geo.out
     xs = _subsampled(x, geo).reshape(geo.n, g, geo.c // g, oh * ow)
@@ -119,7 +115,7 @@ def _pointwise_forward(x, w, geo: Geometry):
 
     def body(first, stop):
         np.matmul(wmat, xs[first:stop], out=y[first:stop])
-    _per_sample(body, geo, y.size * geo.c // g)
+    for_slices(body, geo.n, y.size * geo.c // g)
     return y.reshape(geo.n, geo.m, oh, ow)
 
 
@@ -135,7 +131,7 @@ def _pointwise_backward(x, w, dy, geo: Geometry, need_dx):
         if need_dx:
             np.matmul(wt, dys[first:stop], out=dxs[first:stop])
         return np.matmul(dys[first:stop], xs[first:stop].transpose(0, 1, 3, 2)).sum(axis=0)
-    dw = sum(_per_sample(body, geo, dy.size * cg)).reshape(w.shape)
+    dw = sum(for_slices(body, geo.n, dy.size * cg)).reshape(w.shape)
     if not need_dx:
         return None, dw
     dxs = dxs.reshape(geo.n, geo.c, oh, ow)
@@ -159,12 +155,11 @@ def _chunks(start: int, stop: int, rows: int, itemsize: int):
         yield s, min(stop, s + step)
 
 
-def _padded_channels_first(role: str, x, geo: Geometry, lead: int = 0) -> np.ndarray:
-    """``x`` zero-padded, channels first, flattened: (C, lead + N*Hp*Wp) with ``lead`` zeros first."""
+def _padded_channels_first(x, geo: Geometry) -> np.ndarray:
+    """``x`` zero-padded, channels first, flattened: (C, N*Hp*Wp), in this thread's scratch."""
     hp, wp = geo.padded
-    size = geo.n * hp * wp
-    flat = scratch(role, (x.shape[1], lead + size), x.dtype, zero=True)
-    grid = flat[:, lead:].reshape(x.shape[1], geo.n, hp, wp)
+    flat = scratch("conv.input", (x.shape[1], geo.n * hp * wp), x.dtype, zero=True)
+    grid = flat.reshape(x.shape[1], geo.n, hp, wp)
     top, left = geo.pads[0], geo.pads[1]
     assign(grid[:, :, top:top + x.shape[2], left:left + x.shape[3]], x.transpose(1, 0, 2, 3))
     return flat
@@ -194,7 +189,7 @@ def _wide_forward(x, w, geo: Geometry):
     size = geo.n * hp * wp
     offsets = _offsets(geo, wp)
     valid = size - offsets[-1]  # every output position lies below this
-    flat = _padded_channels_first("conv.input", x, geo)
+    flat = _padded_channels_first(x, geo)
     wide = scratch("conv.output", (g, geo.m // g, size), x.dtype)
     wmat = w.reshape(g, geo.m // g, -1)
 
@@ -218,12 +213,10 @@ def _wide_backward(x, w, dy, geo: Geometry, need_dx):
     dgrid = scratch("conv.grad", (geo.m, lead + size), dy.dtype, zero=True)
     assign(dgrid[:, lead:].reshape(geo.m, geo.n, hp, wp)[:, :, :oh, :ow], dy.transpose(1, 0, 2, 3))
     dwide = dgrid[:, lead:].reshape(g, mg, size)
-    flat = _padded_channels_first("conv.input", x, geo)
+    flat = _padded_channels_first(x, geo)
 
     def weight_chunk(s, e):
         return np.matmul(dwide[:, :, s:e], _tap_rows(flat, offsets, s, e, g).transpose(0, 2, 1))
-    # (One product per tap straight from the padded input, no patch matrix, measured no faster:
-    # with few channels the products are too thin.)
     dw = sum(_over_columns(weight_chunk, 0, valid, geo.c * geo.taps, dy.dtype.itemsize))
     dw = dw.astype(w.dtype, copy=False).reshape(w.shape)
     if not need_dx:
@@ -253,49 +246,52 @@ def tap_slices(i: int, j: int, strides, dilations, out_hw) -> tuple[slice, slice
             slice(wj, wj + strides[1] * (out_hw[1] - 1) + 1, strides[1]))
 
 
+def move_taps(cols: np.ndarray, grid: np.ndarray, strides, dilations, out_hw, *, add_to_grid: bool = False):
+    """Between patch-matrix columns ``cols`` (C, KH, KW, N, OH, OW) and a padded channels-first
+    ``grid`` (C, N, Hp, Wp): one strided copy per kernel tap into ``cols`` (im2col), or with
+    ``add_to_grid`` one strided add per tap into ``grid`` (its adjoint, col2im). Split over the
+    threads by channel, or by sample where there are more samples (a 1-channel input)."""
+    c, kh, kw, n = cols.shape[:4]
+    by_channel = c >= n
+
+    def move(first, stop):
+        part = slice(first, stop)
+        for i in range(kh):
+            for j in range(kw):
+                rows, columns = tap_slices(i, j, strides, dilations, out_hw)
+                taps = cols[part, i, j] if by_channel else cols[:, i, j, part]
+                pixels = grid[part, :, rows, columns] if by_channel else grid[:, part, rows, columns]
+                if add_to_grid:
+                    pixels += taps
+                else:
+                    taps[...] = pixels
+    for_slices(move, c if by_channel else n, cols.size)
+
+
 def im2col_channel_first(xp: np.ndarray, kernel, strides, dilations, out_hw) -> np.ndarray:
     """Columns (C, KH, KW, N, OH, OW) of the padded input, a new array (ConvTranspose keeps them)."""
     n, c = xp.shape[:2]
     cols = np.empty((c, kernel[0], kernel[1], n, out_hw[0], out_hw[1]), dtype=xp.dtype)
-    channels_first = xp.transpose(1, 0, 2, 3)  # a view (C, N, H, W)
-    for i in range(kernel[0]):
-        for j in range(kernel[1]):
-            rows, columns = tap_slices(i, j, strides, dilations, out_hw)
-            cols[:, i, j] = channels_first[:, :, rows, columns]
+    move_taps(cols, xp.transpose(1, 0, 2, 3), strides, dilations, out_hw)
     return cols
 
 
 def col2im_channel_first(dcols: np.ndarray, padded_shape, kernel, strides, dilations, out_hw) -> np.ndarray:
     """Adjoint of :func:`im2col_channel_first`: add column values back into an (N, C, H, W) canvas."""
     n, c = padded_shape[:2]
-    blocks = dcols.reshape(c, kernel[0], kernel[1], n, out_hw[0], out_hw[1])
     out = np.zeros((c, n) + tuple(padded_shape[2:]), dtype=dcols.dtype)
-    for i in range(kernel[0]):
-        for j in range(kernel[1]):
-            rows, columns = tap_slices(i, j, strides, dilations, out_hw)
-            out[:, :, rows, columns] += blocks[:, i, j]
+    move_taps(dcols.reshape(c, kernel[0], kernel[1], n, out_hw[0], out_hw[1]), out, strides, dilations, out_hw,
+              add_to_grid=True)
     return out.transpose(1, 0, 2, 3)
 
 
 def _columns(x, geo: Geometry) -> np.ndarray:
-    """im2col (g, C/g * KH * KW, N * OH * OW), channels first: one strided copy per kernel tap."""
+    """im2col (g, C/g * KH * KW, N * OH * OW), channels first, in this thread's scratch."""
     (oh, ow), (kh, kw) = geo.out, geo.kernel
     padded = np.pad(x, ((0, 0), (0, 0), (geo.pads[0], geo.pads[2]), (geo.pads[1], geo.pads[3]))) \
         if any(geo.pads) else x
     cols = scratch("conv.cols", (geo.c, kh, kw, geo.n, oh, ow), x.dtype)
-    channels_first = padded.transpose(1, 0, 2, 3)
-
-    def copy(first, stop):  # over channels, or over samples when there are more of those (a 1-channel input)
-        part = slice(first, stop)
-        for i in range(kh):
-            for j in range(kw):
-                rows, columns = tap_slices(i, j, geo.strides, geo.dilations, geo.out)
-                if by_channel:
-                    cols[part, i, j] = channels_first[part, :, rows, columns]
-                else:
-                    cols[:, i, j, part] = channels_first[:, part, rows, columns]
-    by_channel = geo.c >= geo.n
-    for_slices(copy, geo.c if by_channel else geo.n, cols.size)
+    move_taps(cols, padded.transpose(1, 0, 2, 3), geo.strides, geo.dilations, geo.out)
     return cols.reshape(geo.group, -1, geo.n * oh * ow)
 
 
@@ -347,20 +343,9 @@ def _columns_backward(x, w, dy, geo: Geometry, need_dx):
             dcols = cols
         else:
             dcols = matmul(wmat.transpose(0, 2, 1), dy_mat, out=cols)
-        blocks = dcols.reshape(geo.c, kh, kw, sub.n, oh, ow)
         dpadded = scratch("conv.output", (geo.c, sub.n, hp, wp), dy.dtype, zero=True)  # the forward's, idle here
-
-        by_channel = geo.c >= sub.n
-
-        def scatter(a, b):
-            for i in range(kh):
-                for j in range(kw):
-                    rows, columns = tap_slices(i, j, geo.strides, geo.dilations, geo.out)
-                    if by_channel:
-                        dpadded[a:b, :, rows, columns] += blocks[a:b, i, j]
-                    else:
-                        dpadded[:, a:b, rows, columns] += blocks[:, i, j, a:b]
-        for_slices(scatter, geo.c if by_channel else sub.n, blocks.size)
+        move_taps(dcols.reshape(geo.c, kh, kw, sub.n, oh, ow), dpadded, geo.strides, geo.dilations, geo.out,
+                  add_to_grid=True)
         assign(dx[first:stop], dpadded[:, :, top:top + geo.h, left:left + geo.w].transpose(1, 0, 2, 3))
         return dw
     dw = sum(_over_samples(chunk, geo, geo.c * geo.taps * oh * ow * dy.dtype.itemsize))
