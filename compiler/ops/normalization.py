@@ -40,8 +40,8 @@ def _row_dots(a3: np.ndarray, b3: np.ndarray) -> np.ndarray:
 
 def _affine(a3: np.ndarray, gain, offset, b3, along_b, out: np.ndarray) -> np.ndarray:
     """``out = a3 * gain + b3 * along_b + offset`` with per-channel float64 factors (b3 optional)."""
-    dtype = out.dtype
-    per_channel = lambda v: np.asarray(v, dtype=np.float64).astype(dtype).reshape(1, -1, 1)  # noqa: E731
+    def per_channel(value):
+        return np.asarray(value, dtype=np.float64).astype(out.dtype).reshape(1, -1, 1)
     gain, offset = per_channel(gain), per_channel(offset)
     along_b = None if b3 is None else per_channel(along_b)
     out3 = _rows(out)

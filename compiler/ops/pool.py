@@ -102,10 +102,10 @@ class MaxPool(_Pool2D):
         taps = kernel[0] * kernel[1]
         y = np.empty(x.shape[:2] + tuple(out), dtype=x.dtype)
         # For the backward, each window's winner: the index of its FIRST maximum in scan order (a
-        # later tap wins only when strictly greater), or NO_WINNER where the max is NaN (as no tap
+        # later tap wins only when strictly greater), or no_winner where the max is NaN (as no tap
         # equals it). One byte per output instead of keeping the padded input.
         winner = np.zeros(y.shape, dtype=np.uint8 if taps < 255 else np.uint16) if ctx.need_grad else None
-        none = np.iinfo(winner.dtype).max if winner is not None else 0
+        no_winner = np.iinfo(winner.dtype).max if winner is not None else 0
 
         def body(first, stop):
             best = y[first:stop]
@@ -118,7 +118,7 @@ class MaxPool(_Pool2D):
                     np.copyto(winner[first:stop], t, where=better)
                 np.maximum(best, tap, out=best)
             if winner is not None:
-                np.copyto(winner[first:stop], none, where=np.isnan(best))
+                np.copyto(winner[first:stop], no_winner, where=np.isnan(best))
         for_slices(body, x.shape[0], y.size * taps)
         cache = (winner, xp.shape, width, x.shape, kernel, strides, dilations) if ctx.need_grad else None
         return [y], cache
