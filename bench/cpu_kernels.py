@@ -29,7 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-from _common import machine, print_table, set_threads, write_result
+from _common import machine, print_table, pyplot, save_figure, set_threads, write_result
 
 from edgecnn.runtime.timing import flatten, interleaved, paired_ratio, time_calls
 
@@ -390,10 +390,7 @@ def model_flops(lowered) -> int:
 
 
 def chart(results, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     peers = [p for p in ("pytorch", "tvm-zero", "edgecnn", "edgecnn-tuned")
              if any(p in r["ratio_to_onnxruntime"] for r in results)]
@@ -410,9 +407,7 @@ def chart(results, path):
     ax.set_title("batch 1 CPU latency relative to onnxruntime (lower is faster)")
     ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, path)
+    save_figure(fig, path, dpi=110)
 
 
 def main(argv=None) -> int:

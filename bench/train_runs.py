@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import RESULTS_DIR, machine, print_table, set_threads, write_result
+from _common import RESULTS_DIR, machine, print_table, pyplot, save_figure, set_threads, write_result
 
 CASES = {
     "lenet5": {"dataset": "mnist", "epochs": 8, "batch_size": 64, "lr": 0.1, "target": 0.99},
@@ -112,10 +112,7 @@ def _torch_main(name: str, case: dict, threads: int) -> int:
 
 
 def plot(results: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, len(results), figsize=(3.2 * len(results), 3), squeeze=False)
     for ax, r in zip(axes[0], results):
@@ -128,10 +125,7 @@ def plot(results: list[dict], path: Path) -> None:
         ax.legend(fontsize=7)
     fig.suptitle(machine()["cpu"], fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path)
 
 
 def main(argv=None) -> int:

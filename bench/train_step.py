@@ -27,10 +27,9 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from _common import RESULTS_DIR, machine, print_table, set_threads, write_result
+from _common import RESULTS_DIR, machine, print_table, pyplot, save_figure, set_threads, write_result
 
 CASES = {"lenet5": 64, "vgg-small": 32, "resnet8": 64}
 TARGETS = {"lenet5": 1.0, "vgg-small": 1.2, "resnet8": 1.2}
@@ -102,36 +101,22 @@ def forward_agreement(name: str, batch: int) -> float:
 
 
 def numpy_split(graph, x, steps: int = 5) -> dict:
-    """Forward + backward milliseconds per op type of the NumPy backend (mean over ``steps``)."""
+    """Forward + backward milliseconds per op type of the NumPy backend (mean over ``steps``), timed
+    by the backend itself on the path training takes."""
     import numpy as np
 
-    from edgecnn.compiler.ops import _parallel
+    from edgecnn.compiler import numpy_backend
     from edgecnn.compiler.ops.base import RunContext
+    from edgecnn.compiler.train import trainable_parameters
 
     totals: dict[str, float] = {}
-    with _parallel.compute():  # as the backend runs them
-        for step in range(steps + 1):
-            ctx = RunContext(training=True, need_grad=True, input_grads=False)
-            values = {graph.inputs[0].name: x, **graph.params}
-            caches, timed = {}, step > 0
-            for node in graph.nodes:
-                ctx.requires_grad = tuple(bool(i) and i != graph.inputs[0].name for i in node.inputs)
-                start = time.perf_counter()
-                outs, caches[node.name] = graph.ops[node.name].forward([values[i] if i else None for i in node.inputs],
-                                                                       ctx)
-                if timed:
-                    totals[node.op_type] = totals.get(node.op_type, 0.0) + time.perf_counter() - start
-                values.update(zip(node.outputs, outs))
-            ctx.pending_state.clear()
-            grads = {graph.outputs[0]: np.ones_like(values[graph.outputs[0]])}
-            for node in reversed(graph.nodes):
-                start = time.perf_counter()
-                gxs = graph.ops[node.name].backward(caches[node.name], [grads[o] for o in node.outputs])
-                if timed:
-                    totals[node.op_type] = totals.get(node.op_type, 0.0) + time.perf_counter() - start
-                for name, g in zip(node.inputs, gxs):
-                    if g is not None and name:
-                        grads[name] = grads[name] + g if name in grads else g
+    output = graph.outputs[0]
+    for step in range(steps + 1):
+        seconds = totals if step else {}  # the first step warms up, untimed
+        tape = numpy_backend.forward(graph, {graph.inputs[0].name: x}, keep="tape", op_seconds=seconds,
+                                     ctx=RunContext(training=True, need_grad=True, input_grads=False))
+        numpy_backend.backward(graph, tape, {output: np.ones_like(tape.values[output])},
+                               wanted=trainable_parameters(graph), op_seconds=seconds)
     return {k: v / steps * 1e3 for k, v in sorted(totals.items(), key=lambda kv: -kv[1])}
 
 
@@ -184,10 +169,7 @@ def _memory_main(side: str, name: str, batch: int, threads: int) -> int:
 
 
 def plot(results: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     kinds = sorted({k for r in results for side in ("numpy_split_ms", "torch_split_ms") for k in r[side]})
     fig, ax = plt.subplots(figsize=(7, 3.6))
@@ -205,10 +187,7 @@ def plot(results: list[dict], path: Path) -> None:
     ax.set_title(f"Training step split, {results[0]['threads']} threads: {machine()['cpu']}", fontsize=8)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path)
 
 
 def main(argv=None) -> int:

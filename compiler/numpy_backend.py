@@ -6,6 +6,7 @@ two nodes receives the sum of both gradients, which is what residual Adds need).
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -55,18 +56,29 @@ def check_feeds(graph: Graph, feeds: dict[str, np.ndarray], dtype=np.float32) ->
 
 
 def forward(graph: Graph, feeds: dict[str, np.ndarray], *, params: dict[str, np.ndarray] | None = None,
-            ctx: RunContext | None = None, keep: str = "outputs", dtype=np.float32):
+            ctx: RunContext | None = None, keep: str = "outputs", dtype=np.float32,
+            op_seconds: dict[str, float] | None = None):
     """Run the graph.
 
     keep: ``"outputs"`` returns ``{output name: array}``; ``"all"`` returns every tensor value
     (used to compare layers one by one); ``"tape"`` returns a :class:`Tape` for :func:`backward`.
     ``params`` overrides the graph's parameters (the trainer passes its own float32/float64 copies).
+    ``op_seconds``, when given, gets each op type's forward seconds added to it (profiling).
     """
     with _parallel.compute():
-        return _forward(graph, feeds, params, ctx or RunContext(), keep, dtype)
+        return _forward(graph, feeds, params, ctx or RunContext(), keep, dtype, op_seconds)
 
 
-def _forward(graph, feeds, params, ctx, keep, dtype):
+def _timed(op_seconds, op_type: str, call, *args):
+    if op_seconds is None:
+        return call(*args)
+    start = time.perf_counter()
+    result = call(*args)
+    op_seconds[op_type] = op_seconds.get(op_type, 0.0) + time.perf_counter() - start
+    return result
+
+
+def _forward(graph, feeds, params, ctx, keep, dtype, op_seconds):
     values: dict[str, np.ndarray] = dict(check_feeds(graph, feeds, dtype))
     source = graph.params if params is None else params
     for k, v in source.items():
@@ -85,7 +97,7 @@ def _forward(graph, feeds, params, ctx, keep, dtype):
         inputs = [values[i] if i else None for i in node.inputs]
         if ctx.need_grad:
             ctx.requires_grad = tuple(bool(i) and i not in no_grad for i in node.inputs)
-        outputs, cache = op.forward(inputs, ctx)
+        outputs, cache = _timed(op_seconds, node.op_type, op.forward, inputs, ctx)
         if ctx.pending_state:
             ctx.state_updates.update({node.inputs[pos]: value for pos, value in ctx.pending_state.items()})
             ctx.pending_state.clear()
@@ -110,7 +122,7 @@ def _forward(graph, feeds, params, ctx, keep, dtype):
 
 
 def backward(graph: Graph, tape: Tape, grad_outputs: dict[str, np.ndarray], *,
-             wanted: list[str] | None = None) -> dict[str, np.ndarray]:
+             wanted: list[str] | None = None, op_seconds: dict[str, float] | None = None) -> dict[str, np.ndarray]:
     """Gradients of a scalar loss with respect to every tensor the outputs depend on.
 
     ``grad_outputs`` maps output names to dLoss/dOutput. Returns a dict holding gradients for
@@ -118,13 +130,13 @@ def backward(graph: Graph, tape: Tape, grad_outputs: dict[str, np.ndarray], *,
     returns only those, and frees as it goes what the rest of the backward no longer needs (each
     intermediate gradient once its producer has used it, each node's cache once used), so a
     training step holds about one layer's gradients at a time instead of all of them; the tape
-    is used up.
+    is used up. ``op_seconds`` as in :func:`forward`, for each op's backward.
     """
     with _parallel.compute():
-        return _backward(graph, tape, grad_outputs, None if wanted is None else set(wanted))
+        return _backward(graph, tape, grad_outputs, None if wanted is None else set(wanted), op_seconds)
 
 
-def _backward(graph, tape, grad_outputs, wanted):
+def _backward(graph, tape, grad_outputs, wanted, op_seconds):
     grads: dict[str, np.ndarray] = {k: v for k, v in grad_outputs.items()}
     for node in reversed(graph.nodes):
         gys = [grads.get(o) for o in node.outputs]
@@ -138,7 +150,7 @@ def _backward(graph, tape, grad_outputs, wanted):
                     grads.pop(name, None)
         op = graph.ops[node.name]
         cache = tape.caches.pop(node.name) if wanted is not None else tape.caches[node.name]
-        gxs = op.backward(cache, gys)
+        gxs = _timed(op_seconds, node.op_type, op.backward, cache, gys)
         del cache, gys
         for name, gx in zip(node.inputs, gxs):
             if gx is None or not name:
@@ -146,10 +158,7 @@ def _backward(graph, tape, grad_outputs, wanted):
             expected = _spec(tape, name)[0]
             if gx.shape != expected:
                 raise AssertionError(f"{node.name}: gradient for {name} has shape {gx.shape}, expected {expected}")
-            if name in grads:
-                grads[name] = grads[name] + gx
-            else:
-                grads[name] = gx
+            grads[name] = grads[name] + gx if name in grads else gx
         del gxs
     if wanted is not None:
         return {k: v for k, v in grads.items() if k in wanted}
