@@ -82,7 +82,8 @@ def _forward(graph, feeds, params, ctx, keep, dtype, op_seconds):
     values: dict[str, np.ndarray] = dict(check_feeds(graph, feeds, dtype))
     source = graph.params if params is None else params
     for k, v in source.items():
-        values[k] = v if v.dtype == dtype else v.astype(dtype)
+        # quantized parameters (int8 weights, int32 biases, zero points) keep their integer type
+        values[k] = v if v.dtype == dtype or v.dtype.kind in "iub" else v.astype(dtype)
     caches = {}
     no_grad = set() if ctx.input_grads else {spec.name for spec in graph.inputs}
     specs: dict[str, tuple] = {}
@@ -102,7 +103,7 @@ def _forward(graph, feeds, params, ctx, keep, dtype, op_seconds):
             ctx.state_updates.update({node.inputs[pos]: value for pos, value in ctx.pending_state.items()})
             ctx.pending_state.clear()
         for name, y in zip(node.outputs, outputs):
-            if y.dtype != dtype:
+            if y.dtype != dtype and y.dtype.kind not in "iub":  # quantized values are integers
                 raise ModelDefinitionError(node.name, f"{node.op_type} produced the wrong dtype",
                                            expected=np.dtype(dtype).name, got=y.dtype.name)
             values[name] = y

@@ -145,7 +145,8 @@ def export_model(graph: Graph, opset: int = DEFAULT_OPSET, static_batch: int | N
         made = op.to_onnx(list(node.inputs), list(node.outputs), opset, ctx)
         nodes.extend([made] if isinstance(made, onnx.NodeProto) else list(made))
 
-    initializers = [onnx.numpy_helper.from_array(np.asarray(v, dtype=np.float32), name=k)
+    initializers = [onnx.numpy_helper.from_array(np.asarray(v, dtype=np.float32)
+                                                 if np.asarray(v).dtype.kind not in "iu" else np.asarray(v), name=k)
                     for k, v in graph.params.items()]
     initializers += [onnx.numpy_helper.from_array(np.asarray(v), name=k)
                      for k, v in ctx.initializers.items()]

@@ -63,6 +63,10 @@ class Op:
     state_inputs: ClassVar[tuple[int, ...]] = ()
     #: ONNX opset versions whose semantics this class implements on import, (first, last).
     onnx_opsets: ClassVar[tuple[int, int]] = (1, 99)
+    #: the ONNX domain of the op ("" is ONNX's own; onnxruntime's contrib ops are "com.microsoft")
+    domain: ClassVar[str] = ""
+    #: False for ops on quantized integers: they run, but have no gradient and are never trained
+    differentiable: ClassVar[bool] = True
 
     def __init__(self, attrs: dict | None = None, name: str = ""):
         self.name = name

@@ -239,7 +239,8 @@ OP_CASES = {
 
 
 def test_every_registered_op_has_an_export_case():
-    missing = sorted(set(REGISTRY) - set(OP_CASES))
+    # quantized ops: exported and run by onnxruntime in tests/compiler/test_quantize.py
+    missing = sorted({k for k, cls in REGISTRY.items() if cls.differentiable} - set(OP_CASES))
     assert not missing, f"add export cases for {missing} to OP_CASES"
 
 
