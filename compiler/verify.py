@@ -78,7 +78,9 @@ def bundle_graph(bundle: Bundle):
 def numpy_reference(bundle: Bundle, graph=None):
     from .numpy_backend import run
 
-    graph = graph if graph is not None else bundle_graph(bundle)
+    from .quant.integer import reference_graph
+
+    graph = reference_graph(graph if graph is not None else bundle_graph(bundle))
     names = bundle.output_names
     missing = [n for n in names if n not in graph.outputs]
     if missing:
