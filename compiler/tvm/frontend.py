@@ -24,6 +24,7 @@ from edgecnn.runtime.errors import EdgeCNNError, InputError, received
 
 from .errors import CompileError, tvm_failure
 from .passes import fold_affine_into_conv, fold_static_work, simplify_imported_graph
+from .quantized import quantized_arithmetic
 
 
 @dataclass
@@ -148,6 +149,8 @@ def to_relax(onnx_model):
         simplify_imported_graph(),
         relax.transform.DeadCodeElimination(),
         relax.transform.CanonicalizeBindings(),
+        # QDQ chains as integer arithmetic, while dequantize(constant) is still in sight
+        quantized_arithmetic(),
     ])
     try:
         return fold_affine_into_conv(fold_static_work(inference(mod)))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from tvm import relax
+from tvm import relax, te, topi
 from tvm.relax.transform.legalize_ops.nn import _nn_conv2d as _default_conv2d_legalize
 
 from edgecnn.compiler.tvm.relax_helpers import static_shape
@@ -24,6 +24,8 @@ def legalize_conv2d(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
     data_match = _BLOCKED.match(str(attrs.data_layout))
     plain_dtype = not attrs.out_dtype or str(attrs.out_dtype) in ("", "float32")
     out_match = _BLOCKED.match(str(attrs.out_layout))
+    if data_match is not None and out_match is not None and not plain_dtype:
+        return _blocked_integer_conv(bb, call, int(data_match.group(1)), int(out_match.group(1)))
     if data_match is None or out_match is None or not plain_dtype:
         return _default_conv2d_legalize(bb, call)
     block = int(data_match.group(1))
@@ -57,6 +59,38 @@ def legalize_conv2d(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
         return bb.call_te(blocked_depthwise_te, call.args[0], call.args[1], *args,
                           primfunc_name_hint="depthwise_conv2d_nchwc")
     return _default_conv2d_legalize(bb, call)
+
+
+def _blocked_integer_conv(bb, call, block: int, out_block: int):
+    """An integer conv (int8 x int8 -> int32, from ``quantized.py``) that ConvertLayout blocked:
+    TVM's default legalization has no blocked integer conv, so one TE function unblocks the
+    data and weight, runs topi's NCHW conv in the call's out_dtype (exact) and blocks the result."""
+    attrs = call.attrs
+    kernel_match = re.match(r"^OIHW(\d+)i(\d+)o$", str(attrs.kernel_layout))
+    if kernel_match is None:
+        return _default_conv2d_legalize(bb, call)
+    kin, kout = int(kernel_match.group(1)), int(kernel_match.group(2))
+    out_dtype = str(attrs.out_dtype)
+    conv_args = ([int(v) for v in attrs.strides], [int(v) for v in attrs.padding],
+                 [int(v) for v in attrs.dilation], int(attrs.groups))
+
+    def compute(data, kernel):
+        n, cb, h, w, b = data.shape
+        plain = te.compute((n, cb * b, h, w), lambda i, c, y, x: data[i, c // block, y, x, c % block],
+                           name="unblock_data")
+        ob, ib, kh, kw, bi, bo = kernel.shape
+        weight = te.compute((ob * bo, ib * bi, kh, kw),
+                            lambda o, c, y, x: kernel[o // kout, c // kin, y, x, c % kin, o % kout],
+                            name="unblock_kernel")
+        strides, padding, dilation, groups = conv_args
+        out = topi.nn.conv2d(plain, weight, strides, padding, dilation, data_layout="NCHW",
+                             kernel_layout="OIHW", out_dtype=out_dtype) if groups == 1 else \
+            topi.nn.group_conv2d_nchw(plain, weight, strides, padding, dilation, groups, out_dtype=out_dtype)
+        on, oc, oh, ow = out.shape
+        return te.compute((on, oc // out_block, oh, ow, out_block),
+                          lambda i, c, y, x, b: out[i, c * out_block + b, y, x], name="block_out")
+
+    return bb.call_te(compute, call.args[0], call.args[1], primfunc_name_hint="conv2d_int_nchwc")
 
 
 def legalize_map() -> dict:

@@ -1,0 +1,259 @@
+"""int8 QDQ models (onnxruntime's quantize_static) compiled through edgecnn's TVM road run in integer
+arithmetic and agree with onnxruntime on the same file.
+
+The reference is onnxruntime's CPU session on the QDQ file (it fuses DQ -> Conv -> Q into
+QLinearConv, whose requantization the rewrite follows). A quantized output must be within one unit
+of its scale (exact in practice); each test also checks the rewrite happened (int32-accumulating
+convs and products, no float conv left), so none can pass on the fp32 fallback.
+"""
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+from edgecnn.compiler.tvm import frontend, pipelines
+from edgecnn.compiler.tvm.bundle import compile_bundle
+from edgecnn.compiler.tvm.relax_helpers import op_name
+from edgecnn.runtime.bundle import Bundle
+from edgecnn.targets import get_preset
+
+
+class _Reader(CalibrationDataReader):
+    def __init__(self, shape, seed, scale=1.0, count=6):
+        rng = np.random.default_rng(seed)
+        self._data = iter([{"x": (rng.standard_normal(shape) * scale).astype(np.float32)} for _ in range(count)])
+
+    def get_next(self):
+        return next(self._data, None)
+
+
+def _conv_net(seed, in_shape, convs, head=10, relu=True, pool=False):
+    """A float ONNX model: convs (cout, kernel, stride, pad, groups, dilation) [+ relu], optional
+    max pool, then Flatten -> Gemm (transB) when ``head``."""
+    rng = np.random.default_rng(seed)
+    nodes, inits, current, channels = [], [], "x", in_shape[1]
+    height, width = in_shape[2], in_shape[3]
+    for i, (cout, k, stride, pad, groups, dilation) in enumerate(convs):
+        w = (rng.standard_normal((cout, channels // groups, k, k)) / np.sqrt(channels // groups * k * k))
+        inits += [numpy_helper.from_array(w.astype(np.float32), f"w{i}"),
+                  numpy_helper.from_array((rng.standard_normal(cout) * 0.1).astype(np.float32), f"b{i}")]
+        nodes.append(helper.make_node("Conv", [current, f"w{i}", f"b{i}"], [f"c{i}"], kernel_shape=[k, k],
+                                      strides=[stride, stride], pads=[pad] * 4, group=groups,
+                                      dilations=[dilation, dilation]))
+        current = f"c{i}"
+        if relu:
+            nodes.append(helper.make_node("Relu", [current], [f"r{i}"]))
+            current = f"r{i}"
+        channels = cout
+        height = (height + 2 * pad - dilation * (k - 1) - 1) // stride + 1
+        width = (width + 2 * pad - dilation * (k - 1) - 1) // stride + 1
+    if pool:
+        nodes.append(helper.make_node("MaxPool", [current], ["p"], kernel_shape=[2, 2], strides=[2, 2]))
+        current, height, width = "p", height // 2, width // 2
+    out_shape = [in_shape[0], channels, height, width]
+    if head:
+        nodes.append(helper.make_node("Flatten", [current], ["f"]))
+        features = channels * height * width
+        inits += [numpy_helper.from_array((rng.standard_normal((head, features)) / np.sqrt(features))
+                                          .astype(np.float32), "wd"),
+                  numpy_helper.from_array((rng.standard_normal(head) * 0.1).astype(np.float32), "bd")]
+        nodes.append(helper.make_node("Gemm", ["f", "wd", "bd"], ["y"], transB=1))
+        out_shape = [in_shape[0], head]
+    else:
+        nodes.append(helper.make_node("Identity", [current], ["y"]))
+    graph = helper.make_graph(nodes, "net", [helper.make_tensor_value_info("x", TensorProto.FLOAT, in_shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def _quantize(tmp_path, model, in_shape, *, per_channel=True, activations=QuantType.QInt8, seed=0,
+              calibration_scale=1.0):
+    src, dst = tmp_path / "float.onnx", tmp_path / "int8.onnx"
+    onnx.save(model, src)
+    quantize_static(str(src), str(dst), _Reader(in_shape, seed, calibration_scale), quant_format=QuantFormat.QDQ,
+                    activation_type=activations, weight_type=QuantType.QInt8, per_channel=per_channel)
+    return dst
+
+
+def _float_output(path):
+    """The QDQ file with its final QuantizeLinear -> DequantizeLinear pair removed: float logits."""
+    model = onnx.load(path)
+    nodes = list(model.graph.node)
+    dq = next(n for n in nodes if n.output[0] == "y")
+    q = next(n for n in nodes if n.output[0] == dq.input[0])
+    producer = next(n for n in nodes if q.input[0] in n.output)
+    producer.output[list(producer.output).index(q.input[0])] = "y"
+    for node in (q, dq):
+        model.graph.node.remove(node)
+    out = path.with_name("float_out.onnx")
+    onnx.save(model, out)
+    return out
+
+
+def _output_scale(path):
+    model = onnx.load(path)
+    dq = next((n for n in model.graph.node if n.output[0] == "y" and n.op_type == "DequantizeLinear"), None)
+    if dq is None:
+        return None
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    return float(inits[dq.input[1]].reshape(-1)[0])
+
+
+def _integer_layers(relax_mod):
+    """(integer convs/products, float convs/products) in the imported module's main."""
+    integer = floating = 0
+    for binding in (b for block in relax_mod["main"].body.blocks for b in block.bindings):
+        if op_name(binding.value) in ("relax.nn.conv2d", "relax.matmul"):
+            if str(binding.value.ty.dtype) == "int32":
+                integer += 1
+            else:
+                floating += 1
+    return integer, floating
+
+
+def _compile_and_compare(path, in_shape, *, layers, seed=1, input_scale=1.0, preset="host"):
+    proto = frontend.resolve_model(str(path)).onnx_model
+    relax_mod = frontend.to_relax(proto)
+    assert _integer_layers(relax_mod) == (layers, 0), relax_mod["main"]
+    executable, _ = pipelines.build(relax_mod, get_preset(preset))
+    import tvm
+    from tvm import relax
+    vm = relax.VirtualMachine(executable, tvm.cpu())
+    rng = np.random.default_rng(seed)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    scale = _output_scale(path)
+    for _ in range(3):
+        x = (rng.standard_normal(in_shape) * input_scale).astype(np.float32)
+        got = vm["main"](tvm.runtime.tensor(x)).numpy()
+        want = session.run(None, {"x": x})[0]
+        assert got.shape == want.shape
+        if scale is None:  # float logits from the int32 accumulator
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(np.abs(want).max()))
+        else:
+            units = np.abs(got.astype(np.float64) - want) / scale
+            assert units.max() <= 1.0 + 1e-3, f"{units.max()} units of the output scale"
+            assert np.mean(units > 0.5) <= 0.01  # off-by-one ties only, if any
+    return relax_mod
+
+
+# (cout, kernel, stride, pad, groups, dilation)
+CONV_CASES = {
+    "stride1-pad1": ((1, 3, 10, 10), [(8, 3, 1, 1, 1, 1), (16, 3, 1, 1, 1, 1)]),
+    "stride2-odd-channels": ((1, 5, 11, 11), [(7, 3, 2, 1, 1, 1), (3, 3, 2, 0, 1, 1)]),
+    "groups-depthwise": ((1, 8, 9, 9), [(8, 3, 1, 1, 8, 1), (12, 1, 1, 0, 4, 1), (12, 3, 2, 1, 12, 1)]),
+    "dilation-pad2": ((1, 3, 12, 12), [(5, 3, 1, 2, 1, 2), (7, 5, 1, 2, 1, 1)]),
+}
+
+
+@pytest.mark.parametrize("per_channel", [True, False], ids=["per-channel", "per-tensor"])
+@pytest.mark.parametrize("case", sorted(CONV_CASES))
+def test_conv_nets_match_onnxruntime(tmp_path, case, per_channel):
+    in_shape, convs = CONV_CASES[case]
+    model = _conv_net(3, in_shape, convs, head=10, relu=True)
+    path = _quantize(tmp_path, model, in_shape, per_channel=per_channel)
+    _compile_and_compare(path, in_shape, layers=len(convs) + 1)
+
+
+def test_convs_without_relu_and_int8_output(tmp_path):
+    """No Relu: signed outputs with a zero point away from -128; the model ends on a conv."""
+    in_shape = (1, 3, 9, 9)
+    model = _conv_net(4, in_shape, [(6, 3, 1, 1, 1, 1), (5, 3, 2, 1, 1, 1)], head=0, relu=False)
+    path = _quantize(tmp_path, model, in_shape)
+    _compile_and_compare(path, in_shape, layers=2)
+
+
+def test_uint8_activations(tmp_path):
+    in_shape = (1, 3, 10, 10)
+    model = _conv_net(5, in_shape, [(8, 3, 1, 1, 1, 1), (6, 3, 2, 1, 2, 1)], head=4, relu=True, pool=True)
+    path = _quantize(tmp_path, model, in_shape, activations=QuantType.QUInt8)
+    _compile_and_compare(path, in_shape, layers=3)
+
+
+def test_max_pool_and_flatten_stay_int8(tmp_path):
+    """quantize(max_pool(dequantize(q))) with one set of parameters runs on q itself."""
+    in_shape = (1, 3, 12, 12)
+    model = _conv_net(6, in_shape, [(8, 3, 1, 1, 1, 1)], head=10, relu=True, pool=True)
+    path = _quantize(tmp_path, model, in_shape)
+    relax_mod = _compile_and_compare(path, in_shape, layers=2)
+    ops = {op_name(b.value): str(b.value.ty.dtype) for block in relax_mod["main"].body.blocks
+           for b in block.bindings if op_name(b.value) in ("relax.nn.max_pool2d", "relax.reshape")}
+    assert ops == {"relax.nn.max_pool2d": "int8", "relax.reshape": "int8"}
+
+
+def test_float_logits_from_the_accumulator(tmp_path):
+    """A Gemm head with no QuantizeLinear after it: float32(acc) * sx * sw."""
+    in_shape = (1, 3, 8, 8)
+    model = _conv_net(7, in_shape, [(8, 3, 2, 1, 1, 1)], head=10, relu=True)
+    path = _float_output(_quantize(tmp_path, model, in_shape))
+    _compile_and_compare(path, in_shape, layers=2)
+
+
+def test_matmul_head_untransposed(tmp_path):
+    """MatMul with a [K, N] weight (per-channel axis 1), as PyTorch exports nn.Linear sometimes."""
+    rng = np.random.default_rng(8)
+    in_shape = (1, 24)
+    w = rng.standard_normal((24, 7)).astype(np.float32) / 5
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Add", ["m", "b"], ["y"])], "mm",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, in_shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 7])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(rng.standard_normal(7).astype(np.float32), "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = _quantize(tmp_path, model, in_shape)
+    _compile_and_compare(path, in_shape, layers=1)
+
+
+def test_saturating_full_range(tmp_path):
+    """Full-range int8 weights (-128 .. 127) and activations that saturate: calibrated on small inputs,
+    run on inputs 20x larger, so the input quantize and every output clip at both ends."""
+    rng = np.random.default_rng(9)
+    in_shape = (1, 16, 6, 6)
+    wq = rng.integers(-128, 128, size=(16, 16, 3, 3), dtype=np.int8)
+    wq[0, 0, 0, 0], wq[1, 0, 0, 0] = -128, 127
+    x_scale, y_scale = np.float32(0.05), np.float32(0.5)
+    w_scale = np.full(16, 0.01, np.float32)
+    inits = [numpy_helper.from_array(wq, "wq"), numpy_helper.from_array(w_scale, "ws"),
+             numpy_helper.from_array(np.zeros(16, np.int8), "wz"),
+             numpy_helper.from_array(np.array(x_scale), "xs"), numpy_helper.from_array(np.array(3, np.int8), "xz"),
+             numpy_helper.from_array(np.array(y_scale), "ys"), numpy_helper.from_array(np.array(-5, np.int8), "yz"),
+             numpy_helper.from_array(rng.integers(-5000, 5000, 16).astype(np.int32), "bq"),
+             numpy_helper.from_array(x_scale * w_scale, "bs"), numpy_helper.from_array(np.zeros(16, np.int32), "bz")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["xd"]),
+             helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["wd"], axis=0),
+             helper.make_node("DequantizeLinear", ["bq", "bs", "bz"], ["bd"], axis=0),
+             helper.make_node("Conv", ["xd", "wd", "bd"], ["c"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             helper.make_node("QuantizeLinear", ["c", "ys", "yz"], ["cq"]),
+             helper.make_node("DequantizeLinear", ["cq", "ys", "yz"], ["y"])]
+    graph = helper.make_graph(nodes, "sat", [helper.make_tensor_value_info("x", TensorProto.FLOAT, in_shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 6, 6])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path / "sat.onnx"
+    onnx.save(model, path)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = (rng.standard_normal(in_shape) * 20).astype(np.float32)
+    y = session.run(None, {"x": x})[0]
+    assert (y == (127 + 5) * y_scale).any() and (y == (-128 + 5) * y_scale).any()  # both ends clip
+    _compile_and_compare(path, in_shape, layers=1, input_scale=20.0)
+
+
+def test_quantized_model_through_compile_bundle(tmp_path):
+    """The whole `edgecnn compile` road: a bundle whose outputs agree with onnxruntime."""
+    in_shape = (1, 3, 8, 8)
+    model = _conv_net(10, in_shape, [(8, 3, 1, 1, 1, 1)], head=5, relu=True)
+    path = _quantize(tmp_path, model, in_shape)
+    result = compile_bundle(str(path), "host", tmp_path / "bundle")
+    bundle = Bundle.open(result.path if hasattr(result, "path") else tmp_path / "bundle")
+    x = np.random.default_rng(2).standard_normal(in_shape).astype(np.float32)
+    got = bundle.run({"x": x})
+    got = got["y"] if isinstance(got, dict) else got[0]
+    want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert np.abs(got - want).max() <= _output_scale(path) * 1.001
