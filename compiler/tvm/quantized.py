@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 import tvm
-from tvm import relax
+from tvm import relax, s_tir, te, topi
 
 from .relax_helpers import op_name, rewrite_functions, static_shape
 
@@ -128,6 +128,50 @@ def _bias(bound: dict, add, core_var, channels: int, bias_scale: np.ndarray):
     return values.reshape(-1).astype(np.int64)
 
 
+def _stored_value(func) -> str | None:
+    """The value the single block of ``func`` stores, as text (names and dtypes included)."""
+    try:
+        sch = s_tir.Schedule(func)
+        blocks = list(sch.get_child_blocks(sch.get_sblock("root")))
+        if len(blocks) != 1:
+            return None
+        block = sch.get(blocks[0])
+        return str(block.body.value) if isinstance(block.body, tvm.tirx.BufferStore) else None
+    except Exception:  # pylint: disable=broad-except  # not a one-block function
+        return None
+
+
+def _zero_pad(mod, bound: dict, expr):
+    """(source, (top, left, bottom, right)) when ``expr`` is the importer's TIR zero padding of H
+    and W (Conv's auto_pad), found by rebuilding TOPI's padding for each possible split of the
+    added rows and columns and comparing structurally; else None."""
+    call = _bound_value(bound, expr)
+    if op_name(call) != "relax.call_tir" or not isinstance(call.args[0], relax.GlobalVar) \
+            or call.args[0] not in mod.get_global_vars():
+        return None
+    fields = call.args[1].fields if isinstance(call.args[1], relax.Tuple) else []
+    if len(fields) != 1:
+        return None
+    src, dst = static_shape(fields[0]), static_shape(call)
+    func = mod[call.args[0]]
+    if src is None or dst is None or len(src) != 4 or len(dst) != 4 or src[:2] != dst[:2] \
+            or str(fields[0].ty.dtype) != "float32" or not isinstance(func, tvm.tirx.PrimFunc):
+        return None
+    extra_h, extra_w = dst[2] - src[2], dst[3] - src[3]
+    if not (0 <= extra_h <= 8 and 0 <= extra_w <= 8):
+        return None
+    actual = _stored_value(func) if len(func.params) == 2 else None
+    if actual is None:
+        return None
+    for top in range(extra_h + 1):
+        for left in range(extra_w + 1):
+            data = te.placeholder([tvm.tirx.IntImm("int64", d) for d in src], "float32", str(func.params[0].name))
+            padded = topi.nn.pad(data, (0, 0, top, left), (0, 0, extra_h - top, extra_w - left), 0.0)
+            if _stored_value(te.create_prim_func([data, padded])) == actual:
+                return fields[0], (top, left, extra_h - top, extra_w - left)
+    return None
+
+
 class _Chain:
     """One matched chain: the integer product and what follows it."""
 
@@ -137,16 +181,21 @@ class _Chain:
         self.bias = np.zeros(weight.shape[0] if kind == "conv" else weight.shape[1], dtype=np.int64)
         self.relu = False
         self.out = None  # (sy, zy, dtype) when a quantize ends the chain
+        self.extra_pad = (0, 0, 0, 0)  # a zero pad before the conv (the importer's auto_pad)
 
 
-def _core(bound: dict, value):
+def _core(mod, bound: dict, value):
     """A ``_Chain`` for conv2d / matmul on a dequantized activation and dequantized int8 weight."""
     name = op_name(value)
     if name == "relax.nn.conv2d":
         attrs = value.attrs
         if (str(attrs.data_layout), str(attrs.kernel_layout), str(attrs.out_layout)) != ("NCHW", "OIHW", "NCHW"):
             return None
-        act, weight = _activation(bound, value.args[0]), _weight(bound, value.args[1], 0)
+        data, extra_pad = value.args[0], (0, 0, 0, 0)
+        padded = _zero_pad(mod, bound, data)
+        if padded is not None:
+            data, extra_pad = padded
+        act, weight = _activation(bound, data), _weight(bound, value.args[1], 0)
         kind = "conv"
     elif name == "relax.matmul":
         act, weight = _activation(bound, value.args[0]), _weight(bound, value.args[1], 1)
@@ -157,10 +206,13 @@ def _core(bound: dict, value):
         return None
     if act is None or weight is None or static_shape(value) is None:
         return None
-    return _Chain(kind, value, *act, *weight)
+    chain = _Chain(kind, value, *act, *weight)
+    if kind == "conv":
+        chain.extra_pad = extra_pad
+    return chain
 
 
-def _find_chains(main) -> tuple[dict, dict]:
+def _find_chains(mod, main) -> tuple[dict, dict]:
     """(final var -> _Chain, quantize var -> replacement source var) over ``main``'s bindings."""
     bound, uses = {}, {}
     for block in main.body.blocks:
@@ -191,7 +243,7 @@ def _find_chains(main) -> tuple[dict, dict]:
                         and outer_p[2].reshape(-1)[0] == inner_p[2].reshape(-1)[0]):
                     moves[var] = (moved, inner_p[0])
             continue
-        chain = _core(bound, value)
+        chain = _core(mod, bound, value)
         if chain is None:
             continue
         channels = chain.scale.size
@@ -224,7 +276,7 @@ def _emit_integer(bb: relax.BlockBuilder, chain: _Chain, xq):
     weight = chain.weight.astype(np.int64)
     if chain.kind == "conv":
         attrs = chain.call.attrs
-        padding = [int(p) for p in attrs.padding]  # top, left, bottom, right
+        padding = [int(p) + e for p, e in zip(attrs.padding, chain.extra_pad)]  # top, left, bottom, right
         if chain.zx != 0 and any(padding):
             top, left, bottom, right = padding
             xq = bb.emit(relax.op.nn.pad(xq, [0, 0, 0, 0, top, bottom, left, right],
@@ -285,7 +337,7 @@ class _Rewrite(relax.PyExprMutator):
 
 def count_rewrites(mod) -> tuple[int, int]:
     """(integer chains, value moves) :func:`rewrite_quantized` would rewrite in ``mod``'s main."""
-    chains, moves = _find_chains(mod["main"])
+    chains, moves = _find_chains(mod, mod["main"])
     return len(chains), len(moves)
 
 
@@ -294,7 +346,7 @@ def rewrite_quantized(mod):
     found = {}
     for g_var, func in mod.functions_items():
         if isinstance(func, relax.Function):
-            chains, moves = _find_chains(func)
+            chains, moves = _find_chains(mod, func)
             if chains or moves:
                 found[g_var] = (chains, moves)
     if not found:

@@ -257,3 +257,24 @@ def test_quantized_model_through_compile_bundle(tmp_path):
     got = got["y"] if isinstance(got, dict) else got[0]
     want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     assert np.abs(got - want).max() <= _output_scale(path) * 1.001
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_auto_pad_same_upper(tmp_path, stride):
+    """Conv's auto_pad (edgecnn's exporter writes SAME_UPPER) reaches Relax as a separate TIR zero
+    pad; the rewrite looks through it (stride 2 on an even size pads only bottom and right)."""
+    rng = np.random.default_rng(11)
+    in_shape = (1, 4, 10, 10)
+    w = (rng.standard_normal((6, 4, 3, 3)) / 6).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], kernel_shape=[3, 3], strides=[stride, stride],
+                              auto_pad="SAME_UPPER"),
+             helper.make_node("Relu", ["c"], ["y"])]
+    out = 10 // stride
+    graph = helper.make_graph(nodes, "same", [helper.make_tensor_value_info("x", TensorProto.FLOAT, in_shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 6, out, out])],
+                              [numpy_helper.from_array(w, "w"),
+                               numpy_helper.from_array((rng.standard_normal(6) * 0.1).astype(np.float32), "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = _quantize(tmp_path, model, in_shape)
+    _compile_and_compare(path, in_shape, layers=1)
