@@ -278,3 +278,16 @@ def test_auto_pad_same_upper(tmp_path, stride):
     model.ir_version = 8
     path = _quantize(tmp_path, model, in_shape)
     _compile_and_compare(path, in_shape, layers=1)
+
+
+def test_blocked_integer_conv_is_the_scheduled_direct_conv(tmp_path):
+    """A conv ConvertLayout blocks (16 -> 16 channels) goes to the blocked direct compute, widened
+    to int32, and is scheduled (vectorized; parallel when big enough) like the fp32 one."""
+    from edgecnn.compiler.tvm.relax_helpers import prim_funcs
+    in_shape = (1, 16, 8, 8)
+    model = _conv_net(12, in_shape, [(16, 3, 1, 1, 1, 1), (16, 3, 1, 1, 1, 1)], head=0, relu=True)
+    path = _quantize(tmp_path, model, in_shape)
+    relax_mod = _compile_and_compare(path, in_shape, layers=2)
+    _, lowered = pipelines.build(relax_mod, get_preset("host"))
+    convs = {n: f.script() for n, f in prim_funcs(lowered).items() if "conv2d_nchwc" in n}
+    assert convs and all("int32" in s and "T.vectorized" in s for s in convs.values())

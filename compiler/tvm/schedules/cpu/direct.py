@@ -36,7 +36,7 @@ def padded_input(data, kernel_size, strides, padding, dilation):
     return padded, out_h, out_w
 
 
-def blocked_conv_te(data, kernel, strides, padding, dilation, groups=1):
+def blocked_conv_te(data, kernel, strides, padding, dilation, groups=1, out_dtype=None):
     """Direct convolution in NCHW{bi}c x OIHW{bi}i{bo}o -> NCHW{bo}c.
 
     out[n, oc, y, x, ob] = sum over (ic, ky, kx, ib) of
@@ -44,7 +44,8 @@ def blocked_conv_te(data, kernel, strides, padding, dilation, groups=1):
     where IC is the number of input-channel chunks per group and g(oc) the group of output
     chunk oc (0 when groups = 1).
     The input-channel reduction is split into chunk and block (two axes) so the schedule can
-    place the in-block channels innermost without index arithmetic.
+    place the in-block channels innermost without index arithmetic. ``out_dtype`` (int32 for
+    int8 x int8 convs) widens both operands before the product, so integer sums are exact.
     """
     batch, in_chunks, _, _, in_block = (int(v) for v in data.shape)
     out_chunks, kernel_chunks, kernel_h, kernel_w, kernel_block, out_block = (
@@ -67,12 +68,15 @@ def blocked_conv_te(data, kernel, strides, padding, dilation, groups=1):
             return r_chunk
         return oc // out_chunks_per_group * kernel_chunks + r_chunk
 
+    def widen(value):
+        return value if out_dtype is None else value.astype(out_dtype)
+
     return te.compute(
         (batch, out_chunks, out_h, out_w, out_block),
         lambda n, oc, y, x, ob: te.sum(
-            padded[n, in_chunk(oc), y * stride_h + r_y * dil_h, x * stride_w + r_x * dil_w,
-                   r_block]
-            * kernel[oc, r_chunk, r_y, r_x, r_block, ob],
+            widen(padded[n, in_chunk(oc), y * stride_h + r_y * dil_h, x * stride_w + r_x * dil_w,
+                         r_block])
+            * widen(kernel[oc, r_chunk, r_y, r_x, r_block, ob]),
             axis=[r_chunk, r_y, r_x, r_block]),
         name=NCHWC_CONV_BLOCK)
 

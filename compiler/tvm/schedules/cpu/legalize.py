@@ -73,6 +73,10 @@ def _blocked_integer_conv(bb, call, block: int, out_block: int):
     out_dtype = str(attrs.out_dtype)
     conv_args = ([int(v) for v in attrs.strides], [int(v) for v in attrs.padding],
                  [int(v) for v in attrs.dilation], int(attrs.groups))
+    if kin == block and kout == out_block and int(attrs.groups) == 1:
+        # the blocked direct conv, widened to int32: scheduled by direct.BlockedConv
+        return bb.call_te(blocked_conv_te, call.args[0], call.args[1], *conv_args, out_dtype=out_dtype,
+                          primfunc_name_hint="conv2d_nchwc")
 
     def compute(data, kernel):
         n, cb, h, w, b = data.shape
