@@ -28,6 +28,13 @@ def test_demo_runs_end_to_end(tmp_path):
     assert host["status"] == "built, run, verified"
     assert [v.split()[0] for v in host["verified_against"]] == ["golden", "numpy", "onnxruntime"]
     assert host["p50_ms"] > 0 and host["ratio_to_onnxruntime"] > 0
+    # the int8 row: quantized, compiled, verified against the integer reference, accuracy kept
+    int8 = rows["host int8"]
+    assert int8["status"] == "built, run, verified", int8
+    assert [v.split()[0] for v in int8["verified_against"]] == ["golden", "numpy", "onnxruntime"]
+    assert abs(doc["facts"]["int8_test_accuracy"] - doc["facts"]["test_accuracy"]) <= 0.02
+    assert abs(doc["facts"]["int8_compiled_test_accuracy"] - doc["facts"]["int8_test_accuracy"]) <= 0.01
+    assert doc["facts"]["int8_onnx_bytes"] < doc["facts"]["onnx_bytes"]
     if shutil.which("aarch64-linux-gnu-g++"):
         assert rows["rpi4"]["status"].startswith("built")
     if shutil.which("nvcc"):

@@ -168,6 +168,60 @@ def verify_host(state: DemoState, bundle_path: Path, graph):
     row.status = "built, run, verified" if all("passed" in v for v in row.verified_against) else "MISMATCH"
 
 
+def int8_host(state: DemoState, graph, seed: int, repeat: int):
+    """The same model quantized to int8 (calibrated on 256 training digits), compiled for the
+    host, its accuracy from the compiled code, timed against onnxruntime on the same QDQ file
+    and verified against the integer reference (at the bundle's own tolerance: one output unit)."""
+    from edgecnn.runtime.bundle import Bundle, set_threads
+
+    from ..data import load_dataset
+    from ..onnx_io import save_onnx
+    from ..quant.integer import integer_graph
+    from ..quant.qdq import quantize_graph
+    from ..train import evaluate
+    from ..tvm.bundle import compile_bundle
+    from ..verify import verify_bundle
+    from ._bundle_cli import default_threads
+    from .bench import measure
+
+    row = state.rows.setdefault("host int8", TargetRow("host int8"))
+    dataset = load_dataset(DATASET, seed=seed, sample_shape=(1, 8, 8))
+    saved = graph.metadata.get("preprocessing")
+    if saved:
+        dataset.set_preprocessing(saved["mean"], saved["std"])
+    chosen = np.random.default_rng(seed).permutation(dataset.split.train)[:256]
+    progress("quantizing to int8 (256 calibration digits, minmax, per-channel weights)")
+    qgraph, _ = quantize_graph(graph, [dataset.batch(chosen[i:i + 64]) for i in range(0, chosen.size, 64)])
+    path = save_onnx(qgraph, state.out / f"{MODEL}.int8.onnx")
+    state.facts["int8_onnx_bytes"] = path.stat().st_size
+    state.facts["int8_test_accuracy"] = evaluate(integer_graph(qgraph)[0], dataset, dataset.split.test)
+    result = compile_bundle(path, "host", state.out / "bundles" / "host-int8")
+    row.status = "built"
+    row.bundle_bytes = sum(f.stat().st_size for f in result.path.iterdir())
+    row.compile_seconds = result.manifest["compile_seconds"]
+    threads = default_threads()
+    set_threads(threads)
+    index = dataset.split.test
+    with Bundle.open(result.path) as bundle:
+        logits = bundle.run({bundle.input_names[0]: dataset.batch(index)})[bundle.output_names[0]]
+        state.facts["int8_compiled_test_accuracy"] = float((logits.argmax(axis=1) == dataset.y[index]).mean())
+        bench, _ = measure(bundle, repeat=repeat, warmup=20, threads=threads, compare=True)
+        row.p50_ms, row.ratio_to_onnxruntime = bench["p50_ms"], bench["ratio_p50"]
+        worst = 0.0
+        for against in ("golden", "numpy", "onnxruntime"):
+            report = verify_bundle(bundle, against)
+            worst = max(worst, report.max_abs_error)
+            verdict = "passed" if report.passed else f"FAILED ({report.mismatches} mismatches)"
+            row.verified_against.append(f"{against} {verdict}")
+    row.max_abs_error = worst
+    row.notes.append(f"int8 test accuracy {state.facts['int8_test_accuracy']:.2%} (integer reference), "
+                     f"{state.facts['int8_compiled_test_accuracy']:.2%} compiled; tolerance "
+                     f"{result.manifest['golden']['atol']:.1e} (one output unit)")
+    row.status = "built, run, verified" if all("passed" in v for v in row.verified_against) else "MISMATCH"
+    progress(f"host int8: p50 {row.p50_ms:.3f} ms, onnxruntime int8 {bench['onnxruntime']['p50_ms']:.3f} ms; "
+             f"accuracy {state.facts['int8_compiled_test_accuracy']:.2%}")
+
+
 def verify_emulated(state: DemoState, bundle_path: Path):
     from edgecnn.runtime.emulate import open_emulated
     from edgecnn.runtime.errors import EdgeCNNError
@@ -238,6 +292,9 @@ def final_table(state: DemoState) -> str:
         "| target | status | bundle | compile s | p50 ms | p50 / onnxruntime | max abs error | checks and notes |",
         "|---|---|---:|---:|---:|---:|---:|---|",
     ]
+    if "int8_onnx_bytes" in f:
+        lines[0] += (f"; int8: ONNX {f['int8_onnx_bytes'] / 1024:.1f} KiB, test accuracy "
+                     f"{f['int8_test_accuracy']:.2%} (integer reference), {f['int8_compiled_test_accuracy']:.2%} compiled")
     for row in state.rows.values():
         lines.append(
             f"| {row.target} | {row.status} | {_fmt(row.bundle_bytes and row.bundle_bytes / 1024, '.0f')} KiB | "
@@ -293,7 +350,7 @@ def write_report(state: DemoState, summary_table: str, table: str, seconds: floa
         "## Latency", "", "![latency](latency.png)", "",
         "## Files", "",
         "- `train/`: metrics.json, curves.png, the trained model (graph.json + weights.npz)",
-        f"- `{MODEL}.onnx`: the exported model",
+        f"- `{MODEL}.onnx`: the exported model; `{MODEL}.int8.onnx`: its int8 QDQ form",
         "- `bundles/<target>/`: model.so, manifest.json, golden.npz, model.onnx",
         "- `results.json`: every number above", "",
     ]
@@ -319,6 +376,7 @@ def run(args) -> int:
         accuracy_of_bundle(state, host.path, args.seed)
         benchmark_host(state, host.path, args.repeat)
         verify_host(state, host.path, graph)
+        int8_host(state, graph, args.seed, args.repeat)
     rpi4 = compile_for(state, graph, "rpi4")
     if rpi4 is not None:
         verify_emulated(state, rpi4.path)
