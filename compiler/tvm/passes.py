@@ -20,7 +20,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from .relax_helpers import call_tir_op, op_name, rewrite_functions, static_shape, with_main
+from .relax_helpers import bindings_and_uses, call_tir_op, op_name, rewrite_functions, static_shape, with_main
 
 
 def simplify_imported_graph():
@@ -332,15 +332,7 @@ def fold_affine_into_conv(mod):
     division) per conv, as onnxruntime does. Only chains whose intermediate results have no
     other user are folded, and only into float32 NCHW/OIHW convs with constant weights."""
     main = mod["main"]
-    uses: dict = {}
-    bound: dict = {}
-    for block in main.body.blocks:
-        for binding in block.bindings:
-            bound[binding.var] = binding.value
-            for var in relax.analysis.free_vars(binding.value):
-                uses.setdefault(var, []).append(binding.var)
-    for var in relax.analysis.free_vars(main.body.body):
-        uses.setdefault(var, []).append(None)
+    bound, uses = bindings_and_uses(main)
 
     rewrites: dict = {}  # conv var -> (new weight, shift vector, last var of the chain, vars dropped)
     for var, value in bound.items():

@@ -29,7 +29,7 @@ import numpy as np
 import tvm
 from tvm import relax, s_tir, te, topi
 
-from .relax_helpers import op_name, rewrite_functions, static_shape
+from .relax_helpers import bindings_and_uses, op_name, rewrite_functions, static_shape
 
 # ops that move or select values without changing them: quantize(f(dequantize(q))) == f(q)
 _MOVES_VALUES = ("relax.reshape", "relax.flatten", "relax.permute_dims", "relax.nn.max_pool2d")
@@ -214,14 +214,7 @@ def _core(mod, bound: dict, value):
 
 def _find_chains(mod, main) -> tuple[dict, dict]:
     """(final var -> _Chain, quantize var -> replacement source var) over ``main``'s bindings."""
-    bound, uses = {}, {}
-    for block in main.body.blocks:
-        for binding in block.bindings:
-            bound[binding.var] = binding.value
-            for var in relax.analysis.free_vars(binding.value):
-                uses.setdefault(var, []).append(binding.var)
-    for var in relax.analysis.free_vars(main.body.body):
-        uses.setdefault(var, []).append(None)
+    bound, uses = bindings_and_uses(main)
 
     def only_user(var):
         users = uses.get(var, [])

@@ -45,3 +45,19 @@ def rewrite_functions(mod, mutator):
         if isinstance(func, relax.Function):
             mutator.builder_.update_func(g_var, mutator.visit_expr(func))
     return mutator.builder_.get()
+
+
+def bindings_and_uses(func) -> tuple[dict, dict]:
+    """(var -> bound value, var -> the vars whose bindings use it) over ``func``'s dataflow
+    blocks; a use by the function's result is recorded as None."""
+    from tvm import relax
+
+    bound, uses = {}, {}
+    for block in func.body.blocks:
+        for binding in block.bindings:
+            bound[binding.var] = binding.value
+            for var in relax.analysis.free_vars(binding.value):
+                uses.setdefault(var, []).append(binding.var)
+    for var in relax.analysis.free_vars(func.body.body):
+        uses.setdefault(var, []).append(None)
+    return bound, uses
