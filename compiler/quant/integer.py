@@ -21,7 +21,7 @@ import numpy as np
 from ..ir import Graph, Node
 from ..ops.quantization import INTEGER_RANGES
 
-#: op type -> (fused op type, which input of the fused op is the bias)
+#: float op type -> the integer op its quantized chain becomes
 _FUSED = {"Conv": "QLinearConv", "Gemm": "QGemm"}
 
 
