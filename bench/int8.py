@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-import tempfile
-from pathlib import Path
 
 from _common import machine, print_table, pyplot, save_figure, set_threads, write_result
 from cpu_kernels import edgecnn_build, input_feeds, load_model, ort_peer, _vm_peer
@@ -56,18 +54,11 @@ def quantized(model, graph, batches: int):
 
 
 def instruction_counts(executable) -> dict:
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "model.s"
-        try:
-            executable.mod.imports[0].write_to_file(str(path), "s") if executable.mod.imports else None
-            text = path.read_text() if path.exists() else executable.mod.inspect_source("asm")
-        except Exception:  # noqa: BLE001 - the assembly is a diagnostic only
-            try:
-                text = executable.mod.inspect_source("asm")
-            except Exception:  # noqa: BLE001
-                return {}
+    from edgecnn.compiler.tvm.library import cpu_assembly
+
+    text = cpu_assembly(executable)
     return {name: len(re.findall(rf"\b{name}\b", text)) for name in ("vpdpbusd", "vpmaddwd", "vpmaddubsw",
-                                                                        "vfmadd231ps", "sdot")}
+                                                                        "vpmulld", "vfmadd231ps", "sdot")}
 
 
 def integer_convs(lowered) -> int:

@@ -47,6 +47,37 @@ def vector_lanes(target) -> int:
     return 4
 
 
+def target_features(target) -> frozenset[str]:
+    """The LLVM features ``target`` turns on (its mcpu's and its mattr's), e.g. "avx512vnni"."""
+    from tvm.target import codegen
+
+    target = as_target(target)
+    try:
+        features = {str(f) for f in codegen.llvm_get_cpu_features(target)}
+    except Exception:  # pylint: disable=broad-except  # not an LLVM target, or an unknown CPU
+        features = set()
+    for attr in target.attrs.get("mattr", None) or []:
+        attr = str(attr)
+        if attr.startswith("+"):
+            features.add(attr[1:])
+        elif attr.startswith("-"):
+            features.discard(attr[1:])
+    return frozenset(features)
+
+
+def has_vnni(target) -> bool:
+    """Whether ``target``'s code may use AVX-512 VNNI (``vpdpbusd`` on 512- and 256-bit registers)."""
+    return target is not None and {"avx512vnni", "avx512bw", "avx512vl"} <= target_features(target)
+
+
+def has_arm_dot_product(target) -> bool:
+    """Whether ``target``'s code may use ARMv8.2's dot product (``sdot``; ``+dotprod``)."""
+    if target is None:
+        return False
+    triple = str(as_target(target).attrs.get("mtriple", "") or "")
+    return triple.startswith("aarch64") and "dotprod" in target_features(target)
+
+
 def host_vector_lanes() -> int:
     """fp32 lanes this machine's CPU offers."""
     features = host_cpu_features()

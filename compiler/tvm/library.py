@@ -29,3 +29,13 @@ def cuda_source(library) -> str:
 
 def cuda_kernel_names(source: str) -> set[str]:
     return set(_KERNEL_RE.findall(source))
+
+
+def cpu_assembly(library) -> str:
+    """The assembly of the LLVM (CPU) code a built library holds: the instructions its kernels
+    use (``vpdpbusd``, ``sdot``) are read from here by tests and benchmarks."""
+    module = getattr(library, "mod", library)  # a Relax executable or a runtime module
+    modules = imported_modules(module, "llvm")
+    if not modules:
+        raise CompileError("the library holds no LLVM module")
+    return "\n".join(m.inspect_source("asm") for m in modules)

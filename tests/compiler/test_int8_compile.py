@@ -291,3 +291,104 @@ def test_blocked_integer_conv_is_the_scheduled_direct_conv(tmp_path):
     _, lowered = pipelines.build(relax_mod, get_preset("host"))
     convs = {n: f.script() for n, f in prim_funcs(lowered).items() if "conv2d_nchwc" in n}
     assert convs and all("int32" in s and "T.vectorized" in s for s in convs.values())
+
+
+# --- VNNI (vpdpbusd) kernels ---------------------------------------------------------------------
+
+VNNI_TARGET = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "icelake-server"}
+HOST_HAS_VNNI = "avx512_vnni" in open("/proc/cpuinfo").read() if __import__("os").path.exists("/proc/cpuinfo") else False
+needs_vnni_host = pytest.mark.skipif(not HOST_HAS_VNNI, reason="this CPU has no avx512_vnni: VNNI code cannot run here")
+
+# (cout, kernel, stride, pad, groups, dilation); 16 and 8 output channels per block (zmm / ymm)
+VNNI_CASES = {
+    "first-layer-3ch-stride1": ((1, 3, 13, 13), [(16, 3, 1, 1, 1, 1), (32, 3, 1, 1, 1, 1)]),
+    "stride2-odd-width": ((1, 16, 15, 11), [(32, 3, 2, 1, 1, 1), (16, 1, 1, 0, 1, 1)]),
+    "ymm-8-channels-dilation": ((1, 8, 12, 12), [(8, 3, 1, 2, 1, 2), (24, 5, 1, 2, 1, 1)]),
+    "no-pad-wide": ((1, 32, 6, 42), [(48, 3, 1, 0, 1, 1)]),  # 40 columns: tiles of 10
+}
+
+
+def _conv_rules(lowered):
+    from edgecnn.compiler.tvm.schedules.cpu import rule_of
+
+    return {g.name_hint: rule_of(f) for g, f in lowered.functions_items()
+            if isinstance(f, __import__("tvm").tirx.PrimFunc) and "conv2d" in g.name_hint}
+
+
+@needs_vnni_host
+@pytest.mark.parametrize("activations", [QuantType.QInt8, QuantType.QUInt8], ids=["s8", "u8"])
+@pytest.mark.parametrize("case", sorted(VNNI_CASES))
+def test_vnni_convs_match_onnxruntime(tmp_path, case, activations):
+    """Convs with whole blocks of 16 or 8 output channels run as vpdpbusd (the int8 data shifted
+    to uint8 and compensated, or uint8 as is) and agree with onnxruntime."""
+    in_shape, convs = VNNI_CASES[case]
+    model = _conv_net(21, in_shape, convs, head=10, relu=True)
+    path = _quantize(tmp_path, model, in_shape, activations=activations)
+    relax_mod = _compile_and_compare(path, in_shape, layers=len(convs) + 1)
+    _, lowered = pipelines.build(relax_mod, get_preset("host"))
+    rules = _conv_rules(lowered)
+    assert list(rules.values()).count("IntegerDotConv") == len(convs), rules
+
+
+@needs_vnni_host
+def test_vnni_full_range_is_exact(tmp_path):
+    """Activations and weights over the whole int8 range (inputs 20x the calibration's): the
+    u8 x s8 products and the 128 * sum(w) compensation stay exact in int32, both ends clip."""
+    in_shape = (1, 16, 9, 9)
+    model = _conv_net(5, in_shape, [(32, 3, 1, 1, 1, 1)], head=0, relu=False)
+    path = _quantize(tmp_path, model, in_shape)
+    relax_mod = _compile_and_compare(path, in_shape, layers=1, input_scale=20.0)
+    _, lowered = pipelines.build(relax_mod, get_preset("host"))
+    assert "IntegerDotConv" in _conv_rules(lowered).values()
+
+
+def test_vnni_target_assembly_has_vpdpbusd_and_others_do_not(tmp_path):
+    """Compiled (not run) for a VNNI CPU the int8 convs are vpdpbusd; for AVX-512 without VNNI
+    and for AVX2 the same file compiles to the exact widened products instead."""
+    from edgecnn.compiler.tvm.library import cpu_assembly
+
+    in_shape = (1, 3, 16, 16)
+    model = _conv_net(8, in_shape, [(16, 3, 1, 1, 1, 1), (32, 3, 2, 1, 1, 1)], head=10, relu=True)
+    path = _quantize(tmp_path, model, in_shape)
+    relax_mod = frontend.to_relax(frontend.resolve_model(str(path)).onnx_model)
+    counts = {}
+    for mcpu in ("icelake-server", "skylake-avx512", "haswell"):
+        target = dict(VNNI_TARGET, mcpu=mcpu)
+        lowered = pipelines.lower(relax_mod, target)
+        counts[mcpu] = cpu_assembly(pipelines.compile_lowered(lowered, target, mcpu)).count("vpdpbusd")
+        if mcpu == "icelake-server":
+            assert list(_conv_rules(lowered).values()).count("IntegerDotConv") == 2
+    assert counts["icelake-server"] >= 2 and counts["skylake-avx512"] == counts["haswell"] == 0, counts
+
+
+@pytest.mark.parametrize("activations", [QuantType.QInt8, QuantType.QUInt8], ids=["s8", "u8"])
+def test_rpi5_int8_bundle_is_sdot_and_exact_under_emulation(tmp_path, activations):
+    """The rpi5 preset (+dotprod) runs int8 convs on sdot (int8 x int8 as the file stores them; a
+    uint8 file would be shifted): the assembly has it, rpi4 (NEON only) does not, and the rpi5
+    bundle under qemu agrees with onnxruntime."""
+    from edgecnn.compiler.tvm.bundle import compile_model
+    from edgecnn.compiler.tvm.library import cpu_assembly
+    from edgecnn.runtime import emulate
+
+    in_shape = (1, 3, 12, 12)
+    model = _conv_net(13, in_shape, [(16, 3, 1, 1, 1, 1), (8, 3, 2, 1, 1, 1)], head=10, relu=True)
+    path = _quantize(tmp_path, model, in_shape, activations=activations)
+    relax_mod = frontend.to_relax(frontend.resolve_model(str(path)).onnx_model)
+    counts = {}
+    for name in ("rpi5", "rpi4"):
+        target = get_preset(name).target()
+        lowered = pipelines.lower(relax_mod, target)
+        counts[name] = cpu_assembly(pipelines.compile_lowered(lowered, target, name)).count("sdot")
+        if name == "rpi5":
+            assert list(_conv_rules(lowered).values()).count("IntegerDotConv") == 2
+    assert counts["rpi5"] >= 2 and counts["rpi4"] == 0, counts
+    missing = emulate.missing_requirements()
+    if missing:
+        pytest.skip("aarch64 emulation unavailable: " + "; ".join(missing))
+    bundle = emulate.open_emulated(compile_model(str(path), "rpi5", tmp_path / "bundle"))
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for seed in (0, 1):
+        x = np.random.default_rng(seed).standard_normal(in_shape).astype(np.float32)
+        got = np.asarray(bundle.run({"x": x})["y"])
+        want = session.run(None, {"x": x})[0]
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(np.abs(want).max()))

@@ -117,3 +117,19 @@ def test_every_preset_reports_json_ready_data():
 
     for p in list_presets():
         json.dumps(p.to_dict())
+
+
+@pytest.mark.parametrize("target, expected", [
+    ({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "icelake-server"}, True),
+    ({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "znver4"}, True),
+    ({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "skylake-avx512"}, False),
+    ({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "znver3"}, False),
+    ({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "skylake-avx512", "mattr": ["+avx512vnni"]}, True),
+    ({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "icelake-server", "mattr": ["-avx512vnni"]}, False),
+    ({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon", "+dotprod"]}, False),
+])
+def test_has_vnni_reads_llvm_features_and_mattr(target, expected):
+    """LLVM's view of the CPU name, then the target's own +/- features (what the code may use)."""
+    from edgecnn.targets.isa import has_vnni
+
+    assert has_vnni(target) is expected

@@ -20,6 +20,7 @@ _LOG = logging.getLogger(__name__)
 # Names of the compute blocks edgecnn's legalizations emit; the rules look for them.
 NCHWC_CONV_BLOCK = "conv2d_nchwc"
 NCHWC_DEPTHWISE_BLOCK = "depthwise_conv2d_nchwc"
+NCHWC_INT8_CONV_BLOCK = "conv2d_nchwc_int8_dot"
 GEMV_BLOCK = "gemv_rows"
 WINOGRAD_INPUT_BLOCK = "winograd_input"
 WINOGRAD_GEMM_BLOCK = "winograd_gemm"

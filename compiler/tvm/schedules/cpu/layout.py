@@ -28,6 +28,9 @@ from .legalize import legalize_map
 
 _LOG = logging.getLogger(__name__)
 
+# input channels of one integer dot product (x86 VNNI ``vpdpbusd``, ARM ``sdot``)
+INTEGER_DOT_CHANNELS = 4
+
 
 def vector_block(value: int, lanes: int) -> int:
     """Channels per block: the largest power of two up to ``lanes`` dividing ``value`` (whole
@@ -88,7 +91,9 @@ def layout_kind(call: relax.Call) -> tuple[str, int] | None:
 _UNARY_ELEMENTWISE = frozenset({
     "relax.nn.relu", "relax.clip", "relax.sigmoid", "relax.tanh", "relax.nn.silu",
     "relax.nn.gelu", "relax.nn.leakyrelu", "relax.nn.relu6", "relax.exp", "relax.negative",
-    "relax.sqrt", "relax.abs"})
+    "relax.sqrt", "relax.abs",
+    # the int8 road's requantize epilogue: round, then the cast to int8 after the clip
+    "relax.round", "relax.astype"})
 
 
 _BINARY_ELEMENTWISE = frozenset({
@@ -207,7 +212,19 @@ class _BlockRemaining(relax.PyExprMutator):
             return self._pool(call)
         if name == "relax.concat":
             return self._concat(call)
+        if name == "relax.nn.pad":
+            return self._pad(call)
         return call
+
+    def _pad(self, call):
+        """A constant pad of H and W only (the int8 road pads with the zero point) stays blocked."""
+        attrs = call.attrs
+        source = self._plain_source(call.args[0])
+        widths = [int(w) for w in attrs.pad_width]
+        if source is None or str(attrs.pad_mode) != "constant" or len(widths) != 8 or any(widths[:4]):
+            return call
+        blocked = relax.op.nn.pad(source[0], widths + [0, 0], pad_value=float(attrs.pad_value))
+        return self._to_plain(blocked, source[1])
 
     def _concat(self, call):
         """Channel concat of blocked tensors with the same block stays blocked (chunks append)."""
@@ -267,12 +284,15 @@ class _BlockRemaining(relax.PyExprMutator):
     def _conv(self, call):
         attrs = call.attrs
         if (str(attrs.data_layout) != "NCHW" or str(attrs.kernel_layout) != "OIHW"
-                or str(attrs.out_layout) != "NCHW"
-                or (attrs.out_dtype and str(attrs.out_dtype) not in ("", "float32"))):
+                or str(attrs.out_layout) != "NCHW"):
             return call
         data_shape = static_shape(call.args[0])
         weight_shape = static_shape(call.args[1])
-        if data_shape is None or weight_shape is None or call.args[0].ty.dtype != "float32":
+        # float convs, and the int8 road's int8 x int8 -> int32 ones (tvm/quantized.py)
+        out_dtype = str(attrs.out_dtype) if attrs.out_dtype else ""
+        floating = str(call.args[0].ty.dtype) == "float32" and out_dtype in ("", "float32")
+        integer = str(call.args[0].ty.dtype) in ("int8", "uint8") and out_dtype == "int32"
+        if data_shape is None or weight_shape is None or not (floating or integer):
             return call
         in_channels, out_channels, groups = data_shape[1], weight_shape[0], int(attrs.groups)
         conv_args = dict(strides=list(attrs.strides), padding=list(attrs.padding),
@@ -291,14 +311,23 @@ class _BlockRemaining(relax.PyExprMutator):
             if pad_out:
                 out_block = self.block
                 weight = self.builder_.emit(relax.op.nn.pad(weight, [0, pad_out, 0, 0, 0, 0, 0, 0]))
-            data = self._to_blocked(call.args[0], in_block)
+            data = call.args[0]
+            if integer and groups == 1 and in_channels < INTEGER_DOT_CHANNELS:
+                # int8 products come in dot products of 4 channels (VNNI, sdot): a 3-channel
+                # image gets a fourth, zero-weighted channel and blocks of 4
+                extra = INTEGER_DOT_CHANNELS - in_channels
+                data = self.builder_.emit(relax.op.nn.pad(data, [0, 0, 0, extra, 0, 0, 0, 0]))
+                weight = self.builder_.emit(relax.op.nn.pad(weight, [0, 0, 0, extra, 0, 0, 0, 0]))
+                in_block = INTEGER_DOT_CHANNELS
+            data = self._to_blocked(data, in_block)
             weight = self.builder_.emit(relax.op.layout_transform(
                 weight,
                 lambda o, i, h, w: (o // out_block, i // in_block, h, w, i % in_block,
                                     o % out_block)))
             conv = relax.op.nn.conv2d(
                 data, weight, **conv_args, groups=groups, data_layout=f"NCHW{in_block}c",
-                kernel_layout=f"OIHW{in_block}i{out_block}o", out_layout=f"NCHW{out_block}c")
+                kernel_layout=f"OIHW{in_block}i{out_block}o", out_layout=f"NCHW{out_block}c",
+                out_dtype=out_dtype or None)
             if pad_out:
                 plain = self.builder_.emit(self._to_plain(conv, out_block))
                 return relax.op.strided_slice(plain, axes=[1], begin=[0], end=[out_channels])
@@ -311,7 +340,8 @@ class _BlockRemaining(relax.PyExprMutator):
                 lambda o, i, h, w: (o // block, i, h, w, tvm.tirx.IntImm("int64", 0), o % block)))
             conv = relax.op.nn.conv2d(
                 data, weight, **conv_args, groups=groups, data_layout=f"NCHW{block}c",
-                kernel_layout=f"OIHW1i{block}o", out_layout=f"NCHW{block}c")
+                kernel_layout=f"OIHW1i{block}o", out_layout=f"NCHW{block}c",
+                out_dtype=out_dtype or None)
             return self._to_plain(conv, block)
         return call
 

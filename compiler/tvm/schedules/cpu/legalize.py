@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 
+import tvm
 from tvm import relax, te, topi
 from tvm.relax.transform.legalize_ops.nn import _nn_conv2d as _default_conv2d_legalize
 
@@ -13,6 +14,7 @@ from edgecnn.compiler.tvm.relax_helpers import static_shape
 from .dense import legalize_matmul
 from .depthwise import blocked_depthwise_te
 from .direct import blocked_conv_te
+from .int8_dot import compensation_te, dot_conv_te, dot_instruction_for, pack_weight_te
 from .winograd import WINOGRAD_G, use_winograd, winograd_conv_te, winograd_weight_te
 
 
@@ -73,6 +75,24 @@ def _blocked_integer_conv(bb, call, block: int, out_block: int):
     out_dtype = str(attrs.out_dtype)
     conv_args = ([int(v) for v in attrs.strides], [int(v) for v in attrs.padding],
                  [int(v) for v in attrs.dilation], int(attrs.groups))
+    data_dtype = str(call.args[0].ty.dtype)
+    instruction = None
+    if kin == block and kout == out_block and out_dtype == "int32":
+        instruction = dot_instruction_for(tvm.target.Target.current(allow_none=True), data_dtype, block,
+                                          out_block, int(attrs.groups), int(call.ty.shape[3]))
+    if instruction is not None:
+        # dot products of 4 channels (VNNI, sdot): the weight repacked and the shift's
+        # compensation computed on the constant, both folded at compile time
+        packed = bb.emit(bb.call_te(pack_weight_te, call.args[1], primfunc_name_hint="dot_weight"))
+        shift = instruction.shift(data_dtype)
+        extra = [bb.emit(bb.call_te(compensation_te, call.args[1], shift,
+                                    primfunc_name_hint="dot_compensation"))] if shift else []
+
+        def compute(data, weight, *compensation):
+            return dot_conv_te(data, weight, compensation[0] if compensation else None, *conv_args[:3],
+                               data_dtype=instruction.data_dtype)
+
+        return bb.call_te(compute, call.args[0], packed, *extra, primfunc_name_hint="conv2d_nchwc_int8_dot")
     if kin == block and kout == out_block and int(attrs.groups) == 1:
         # the blocked direct conv, widened to int32: scheduled by direct.BlockedConv
         return bb.call_te(blocked_conv_te, call.args[0], call.args[1], *conv_args, out_dtype=out_dtype,
