@@ -292,6 +292,7 @@ GlobalMaxPool2d = _simple("GlobalMaxPool2d", "GlobalMaxPool", "max over H and W,
 Flatten = _simple("Flatten", "Flatten", "(N, C, H, W) -> (N, C*H*W)", axis=1)
 Add = _simple("Add", "Add", "elementwise sum of two tensors (residual connections)")
 Mul = _simple("Mul", "Mul", "elementwise product of two tensors")
+Sum = _simple("Sum", "Sum", "elementwise sum of any number of tensors (ONNX Sum)")
 
 
 def ReLU6(name: str | None = None) -> Layer:

@@ -138,6 +138,33 @@ class Add(_Broadcasting):
 
 
 @register
+class Sum(Op):
+    """``y = x1 + x2 + ... + xn`` (ONNX Sum, variadic, multidirectional broadcasting from opset 8;
+    older converters write ResNets' residual adds with it). Gradient: ``g`` to each input,
+    summed back over its broadcast axes."""
+
+    arity = (1, 1 << 16)
+    onnx_opsets = (6, 99)
+
+    def infer_shapes(self, in_shapes):
+        shape = in_shapes[0]
+        for other in in_shapes[1:]:
+            shape = broadcast_shape(self, shape, other)
+        return [shape]
+
+    def forward(self, inputs, ctx):
+        total = inputs[0].copy() if len(inputs) == 1 else inputs[0] + inputs[1]
+        for x in inputs[2:]:
+            total = total + x
+        return [total.astype(inputs[0].dtype, copy=False)], (
+            [x.shape for x in inputs] if ctx.need_grad else None)
+
+    def backward(self, cache, grad_outputs):
+        g = grad_outputs[0]
+        return [unbroadcast(g, shape) for shape in cache]
+
+
+@register
 class Mul(_Broadcasting):
     """``y = a * b`` with broadcasting. Shape: broadcast(a, b); gradients summed back per operand."""
 

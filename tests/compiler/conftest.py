@@ -132,6 +132,7 @@ def _torch_ops():
         "Conv": conv,
         "Relu": lambda node, ins, training: [F.relu(ins[0])],
         "Add": lambda node, ins, training: [ins[0] + ins[1]],
+        "Sum": lambda node, ins, training: [sum(ins[1:], ins[0])],
         "Mul": lambda node, ins, training: [ins[0] * ins[1]],
         "MaxPool": pool("max"),
         "AveragePool": pool("avg"),
@@ -429,6 +430,9 @@ CASES = [
     # -- arithmetic and plumbing ----------------------------------------------------------
     _c("Add", {}, [((2, 3, 4, 4), "x"), ((2, 3, 4, 4), "x")], "same-shape"),
     _c("Add", {}, [((2, 3, 4, 4), "x"), ((3, 1, 1), "w")], "broadcast-channel"),
+    _c("Sum", {}, [((2, 3, 4, 4), "x"), ((2, 3, 4, 4), "x"), ((2, 3, 4, 4), "x")], "three-same-shape"),
+    _c("Sum", {}, [((2, 3, 4, 4), "x"), ((3, 1, 1), "w")], "broadcast-channel"),
+    _c("Sum", {}, [((2, 3, 4), "x")], "one-input"),
     _c("Mul", {}, [((2, 3, 4), "x"), ((2, 3, 4), "x")], "same-shape"),
     _c("Mul", {}, [((2, 3, 4, 4), "x"), ((1, 3, 1, 1), "w")], "broadcast-channel"),
     _c("Concat", {"axis": 1}, [((2, 3, 2, 2), "x"), ((2, 1, 2, 2), "x"), ((2, 2, 2, 2), "x")], "channels"),

@@ -181,6 +181,7 @@ OP_CASES = {
     "Relu": _seq(L.ReLU(name="relu")),
     "Add": _two_branch(lambda: L.Add(name="add")),
     "Mul": _two_branch(lambda: L.Mul(name="mul")),
+    "Sum": _two_branch(lambda: L.Sum(name="sum")),
     "Concat": _two_branch(lambda: L.Concat(axis=1, name="concat")),
     "MaxPool": _seq(L.MaxPool2d(3, stride=2, padding=1, ceil_mode=True, name="pool")),
     "AveragePool": _seq(L.AvgPool2d(3, stride=2, padding=1, count_include_pad=False, name="pool")),

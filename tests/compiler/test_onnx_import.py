@@ -139,6 +139,8 @@ CASES = {
                          {"pads": np.array([0, 0, 2, 0, 0, 0, 0, 3], I64)}, 18),
     "Add-broadcast": (node("Add", ["x", "c"]), {"c": C4.reshape(1, 4, 1, 1)}, 14),
     "Mul-broadcast": (node("Mul", ["x", "c"]), {"c": C4.reshape(4, 1, 1)}, 7),
+    "Sum-three-broadcast": (node("Sum", ["x", "c", "x"]), {"c": C4.reshape(4, 1, 1)}, 8),
+    "Sum-opset6": (node("Sum", ["x", "x"]), {}, 6),
     "Concat-with-constant": (node("Concat", ["x", "c"], axis=1), {"c": X[:, :2] * 2}, 4),
     "Concat-negative-axis": (node("Concat", ["x", "x"], axis=-1), {}, 13),
     "Flatten-axis2": (node("Flatten", ["x"], axis=2), {}, 13),
