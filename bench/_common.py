@@ -17,8 +17,10 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
 def set_threads(threads: int):
-    """Pin BLAS/OpenMP thread pools; call before NumPy (or anything loading BLAS) is imported."""
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    """Pin BLAS/OpenMP/TVM thread pools; call before NumPy (or anything loading BLAS) is imported."""
+    # TVM_NUM_THREADS too: TVM's own default on x86 is half the CPUs it sees (it assumes two
+    # hyperthreads per core), one thread on a 2-vCPU VM with one thread per core
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "TVM_NUM_THREADS"):
         os.environ[var] = str(threads)
     # TVM peers run as a bundle does: pool workers unpinned (edgecnn.runtime.bundle.unpin_thread_pool)
     os.environ.setdefault("TVM_BIND_THREADS", "0")

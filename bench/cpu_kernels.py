@@ -413,7 +413,6 @@ def chart(results, path):
 def main(argv=None) -> int:
     args = parse_args(argv)
     set_threads(args.threads)
-    os.environ["TVM_NUM_THREADS"] = str(args.threads)
     import numpy as np
 
     from edgecnn.targets.presets import get_preset

@@ -47,9 +47,13 @@ def quantized(model, graph, batches: int):
 
     if graph is None:
         graph = onnx_io.import_model(model)
-    shape = (4,) + tuple(d if isinstance(d, int) else 1 for d in graph.inputs[0].shape[1:])
+    # batches of 4 images, or as many single images where the model fixes its batch at 1
+    fixed = graph.inputs[0].shape[0]
+    batch = fixed if isinstance(fixed, int) else 4
+    shape = (batch,) + tuple(d if isinstance(d, int) else 1 for d in graph.inputs[0].shape[1:])
     rng = np.random.default_rng(0)
-    qgraph, report = quantize_graph(graph, [rng.standard_normal(shape).astype(np.float32) for _ in range(batches)])
+    qgraph, report = quantize_graph(graph, [rng.standard_normal(shape).astype(np.float32)
+                                            for _ in range(batches * 4 // batch)])
     return onnx_io.export_model(qgraph, static_batch=1), report
 
 

@@ -113,15 +113,16 @@ def dot_instructions(target) -> dict:
 
 
 MAX_TILE = 16  # output columns of one register tile: 16 accumulators of the 32 zmm / NEON registers
+PAIRED_TILE = 8  # columns when two channel vectors share the tile
 
 
-def column_tile(out_w: int) -> int | None:
-    """Output columns per register tile: a whole row up to 16, else the largest divisor in
-    [4, 16]. The tile must divide the row: a guarded tail cannot be tensorized. None when no
+def column_tile(out_w: int, limit: int = MAX_TILE) -> int | None:
+    """Output columns per register tile: a whole row up to ``limit``, else its largest divisor
+    in [4, limit]. The tile must divide the row: a guarded tail cannot be tensorized. None when no
     such divisor exists (a row of 38 columns), and the conv takes the widened direct conv."""
-    if out_w <= MAX_TILE:
+    if out_w <= limit:
         return out_w
-    return next((t for t in range(MAX_TILE, 3, -1) if out_w % t == 0), None)
+    return next((t for t in range(limit, 3, -1) if out_w % t == 0), None)
 
 
 def dot_instruction_for(target, data_dtype: str, in_block: int, out_block: int, groups: int,
@@ -229,24 +230,32 @@ class IntegerDotConv(SafeRule):
         if len(loops) != 5:
             return False
         n, chunk, row, col, vec = loops
+        # two vectors of output channels share each broadcast when the chunks pair up: 2 x 8
+        # accumulators (64 -> 64 channels at 56x56, 2 threads, Intel with VNNI: 0.24 -> 0.22 ms)
+        paired_w = column_tile(int(iters[3].dom.extent), PAIRED_TILE)
+        oc_tile = 2 if int(iters[1].dom.extent) % 2 == 0 and paired_w is not None else 1
+        if oc_tile == 2:
+            reg_w = paired_w
+        chunk_out, chunk_in = sch.split(chunk, [None, oc_tile])
         col_out, col_in = sch.split(col, [None, reg_w])
         # rows outer of channel chunks, as the fp32 direct conv (common.schedule_tiled)
-        sch.reorder(n, row, chunk, col_out, col_in, vec)
-        outer = sch.fuse(n, row, chunk)
+        sch.reorder(n, row, chunk_out, col_out, chunk_in, col_in, vec)
+        outer = sch.fuse(n, row, chunk_out)
         if parallel:
             sch.parallel(outer)
         sch.vectorize(vec)
         sch.compute_at(conv, col_out, preserve_unit_loops=True)
-        # [outer, col_out, n, chunk, row, column tile, lane, 5 reductions]
+        # [outer, col_out, n, chunk tile, row, column tile, lane, 5 reductions]
         loops = sch.get_loops(conv)
         if len(loops) != 12:
             return False
         r_chunk, r_y, r_x, r_quad, r_lane = loops[7:]
-        col_tile, lane = loops[5], loops[6]
-        sch.reorder(r_chunk, r_y, r_x, r_quad, col_tile, lane, r_lane)
+        chunk_tile, col_tile, lane = loops[3], loops[5], loops[6]
+        sch.reorder(r_chunk, r_y, r_x, r_quad, chunk_tile, col_tile, lane, r_lane)
         init = sch.decompose_reduction(conv, r_chunk)
         sch.vectorize(sch.get_loops(init)[-1])
         sch.tensorize(lane, instruction.name)
         sch.unroll(col_tile)
+        sch.unroll(chunk_tile)
         schedule_remaining(sch, [o for o in others if has_block(sch, o)], lanes, parallel or None)
         return True
