@@ -32,7 +32,7 @@ from edgecnn.targets.isa import has_arm_dot_product, has_vnni
 
 from .common import (
     NCHWC_INT8_CONV_BLOCK, PARALLEL_MIN_WORK, SafeRule, accumulate_in_registers, block_iters,
-    conv_work, has_block, other_block_names, schedule_remaining,
+    conv_work, has_block, is_spatial, other_block_names, schedule_remaining, try_primitive,
 )
 
 DOT_WIDTH = 4  # input channels per product
@@ -157,11 +157,14 @@ def compensation_te(kernel, shift: int):
         name="dot_compensation")
 
 
-def dot_conv_te(data, packed, compensation, strides, padding, dilation, data_dtype: str):
+def dot_conv_te(data, packed, compensation, strides, padding, dilation, data_dtype: str,
+                pad_value: float = 0.0):
     """int8/uint8 NCHW{b}c x packed int8 weight (``pack_weight_te``) -> int32 NCHW{o}c, exact,
     the data brought into ``data_dtype`` (the instruction's) first.
 
-    ``compensation`` is ``compensation_te``'s result, or None when no shift is needed."""
+    ``padding`` pads with ``pad_value`` (in the data's domain: the zero point, where the int8
+    road pads the real value 0). ``compensation`` is ``compensation_te``'s result, or None
+    when no shift is needed."""
     batch, _, height, width, _ = (int(v) for v in data.shape)
     out_chunks, in_chunks, kernel_h, kernel_w, quads, out_block, _ = (int(v) for v in packed.shape)
     shift = _QRANGE_LOW[data_dtype] - _QRANGE_LOW[str(data.dtype)]
@@ -174,10 +177,8 @@ def dot_conv_te(data, packed, compensation, strides, padding, dilation, data_dty
         shifted = te.compute(data.shape, lambda *i: (data(*i).astype("int32") + shift).astype(data_dtype),
                              name=SHIFT_BLOCK)
     if pad_top or pad_left or pad_bottom or pad_right:
-        # the real value 0 of the unshifted data's domain (the zero point, when the int8 road
-        # pads) arrives padded already; conv padding is 0 before the shift
         shifted = topi.nn.pad(shifted, (0, 0, pad_top, pad_left, 0), (0, 0, pad_bottom, pad_right, 0),
-                              pad_value=shift, name="data_pad")
+                              pad_value=int(pad_value) + shift, name="data_pad")
     r_chunk = te.reduce_axis((0, in_chunks), "ic_chunk")
     r_y = te.reduce_axis((0, kernel_h), "ky")
     r_x = te.reduce_axis((0, kernel_w), "kx")
@@ -224,6 +225,12 @@ class IntegerDotConv(SafeRule):
             return False
         if has_block(sch, SHIFT_BLOCK) and has_block(sch, "data_pad"):
             sch.compute_inline(sch.get_sblock(SHIFT_BLOCK))
+        # elementwise stages the epilogue reads besides the accumulator (a residual add's
+        # dequantized skip input) go into the epilogue, so it inlines into the store
+        feeding = {str(sch.get(b).name_hint) for b in sch.get_producers(conv)}
+        for name in other_block_names(sch, conv):
+            if name not in feeding and is_spatial(sch, sch.get_sblock(name)):
+                try_primitive(sch.compute_inline, sch.get_sblock(name))
         others = other_block_names(sch, conv)
         parallel = conv_work(sch, conv) >= PARALLEL_MIN_WORK
         loops = accumulate_in_registers(sch, conv)

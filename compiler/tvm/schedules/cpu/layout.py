@@ -24,7 +24,7 @@ from edgecnn.compiler.tvm.passes import fold_constants
 from edgecnn.compiler.tvm.relax_helpers import rewrite_functions, static_shape
 
 from .common import DATA_PAR, extent_of, root_blocks
-from .legalize import legalize_map
+from .legalize import integer_dot_convs, legalize_map
 
 _LOG = logging.getLogger(__name__)
 
@@ -214,7 +214,39 @@ class _BlockRemaining(relax.PyExprMutator):
             return self._concat(call)
         if name == "relax.nn.pad":
             return self._pad(call)
+        if name in ("relax.quantize", "relax.dequantize"):
+            return self._per_tensor_quantization(call)
+        if name == "relax.mean":
+            return self._spatial_mean(call)
         return call
+
+    def _per_tensor_quantization(self, call):
+        """quantize / dequantize with one scale and zero point (the int8 road's activations: a
+        residual add runs on its dequantized inputs) are elementwise, so they stay blocked."""
+        source = self._plain_source(call.args[0])
+        if source is None or any(static_shape(a) != [] for a in call.args[1:]):
+            return call
+        return self._to_plain(relax.Call(call.op, [source[0], *call.args[1:]], call.attrs), source[1])
+
+    def _spatial_mean(self, call):
+        """A mean over H and W kept as 1x1 (GlobalAveragePool) reduces each block in place."""
+        source = self._plain_source(call.args[0])
+        axes = [int(a) for a in call.attrs.axis] if call.attrs.axis is not None else []
+        if source is None or sorted(a % 4 for a in axes) != [2, 3] or not bool(call.attrs.keepdims):
+            return call
+        return self._to_plain(relax.op.mean(source[0], axis=[2, 3], keepdims=True), source[1])
+
+    def _spatial_pad_of(self, expr):
+        """(source, (pad widths, value)) when ``expr`` is a constant pad of H and W only, else
+        (expr, None)."""
+        bound = self.lookup_binding(expr) if isinstance(expr, relax.Var) else expr
+        if not (isinstance(bound, relax.Call) and isinstance(bound.op, tvm.ir.Op)
+                and bound.op.name == "relax.nn.pad" and str(bound.attrs.pad_mode) == "constant"):
+            return expr, None
+        widths = [int(w) for w in bound.attrs.pad_width]
+        if len(widths) != 8 or any(widths[:4]):
+            return expr, None
+        return bound.args[0], (widths, float(bound.attrs.pad_value))
 
     def _pad(self, call):
         """A constant pad of H and W only (the int8 road pads with the zero point) stays blocked."""
@@ -311,15 +343,22 @@ class _BlockRemaining(relax.PyExprMutator):
             if pad_out:
                 out_block = self.block
                 weight = self.builder_.emit(relax.op.nn.pad(weight, [0, pad_out, 0, 0, 0, 0, 0, 0]))
-            data = call.args[0]
             if integer and groups == 1 and in_channels < INTEGER_DOT_CHANNELS:
                 # int8 products come in dot products of 4 channels (VNNI, sdot): a 3-channel
-                # image gets a fourth, zero-weighted channel and blocks of 4
+                # image gets a fourth, zero-weighted channel (the blocking's own padding) and
+                # blocks of 4; the zero-point pad of H and W moves after the blocking, where
+                # the dot conv takes it into its own padding stage
                 extra = INTEGER_DOT_CHANNELS - in_channels
-                data = self.builder_.emit(relax.op.nn.pad(data, [0, 0, 0, extra, 0, 0, 0, 0]))
                 weight = self.builder_.emit(relax.op.nn.pad(weight, [0, 0, 0, extra, 0, 0, 0, 0]))
                 in_block = INTEGER_DOT_CHANNELS
-            data = self._to_blocked(data, in_block)
+                data, spatial_pad = self._spatial_pad_of(call.args[0])
+                data = self.builder_.emit(relax.op.layout_transform(
+                    data, to_blocked_map(in_block), pad_value=tvm.tirx.const(0, str(data.ty.dtype))))
+                if spatial_pad is not None:
+                    widths, value = spatial_pad
+                    data = self.builder_.emit(relax.op.nn.pad(data, widths + [0, 0], pad_value=value))
+            else:
+                data = self._to_blocked(call.args[0], in_block)
             weight = self.builder_.emit(relax.op.layout_transform(
                 weight,
                 lambda o, i, h, w: (o // out_block, i // in_block, h, w, i % in_block,
@@ -510,6 +549,8 @@ def layout_passes(block: int) -> list:
         relax.transform.DeadCodeElimination(),
         _convert_layout(block),
         block_remaining(block),
+        relax.transform.DeadCodeElimination(),
+        integer_dot_convs(),
         relax.transform.DeadCodeElimination(),
         relax.transform.LegalizeOps(customize_legalize_map=legalize_map()),
         relax.transform.AnnotateTIROpPattern(),

@@ -9,7 +9,7 @@ import tvm
 from tvm import relax, te, topi
 from tvm.relax.transform.legalize_ops.nn import _nn_conv2d as _default_conv2d_legalize
 
-from edgecnn.compiler.tvm.relax_helpers import static_shape
+from edgecnn.compiler.tvm.relax_helpers import rewrite_functions, static_shape
 
 from .dense import legalize_matmul
 from .depthwise import blocked_depthwise_te
@@ -75,24 +75,6 @@ def _blocked_integer_conv(bb, call, block: int, out_block: int):
     out_dtype = str(attrs.out_dtype)
     conv_args = ([int(v) for v in attrs.strides], [int(v) for v in attrs.padding],
                  [int(v) for v in attrs.dilation], int(attrs.groups))
-    data_dtype = str(call.args[0].ty.dtype)
-    instruction = None
-    if kin == block and kout == out_block and out_dtype == "int32":
-        instruction = dot_instruction_for(tvm.target.Target.current(allow_none=True), data_dtype, block,
-                                          out_block, int(attrs.groups), int(call.ty.shape[3]))
-    if instruction is not None:
-        # dot products of 4 channels (VNNI, sdot): the weight repacked and the shift's
-        # compensation computed on the constant, both folded at compile time
-        packed = bb.emit(bb.call_te(pack_weight_te, call.args[1], primfunc_name_hint="dot_weight"))
-        shift = instruction.shift(data_dtype)
-        extra = [bb.emit(bb.call_te(compensation_te, call.args[1], shift,
-                                    primfunc_name_hint="dot_compensation"))] if shift else []
-
-        def compute(data, weight, *compensation):
-            return dot_conv_te(data, weight, compensation[0] if compensation else None, *conv_args[:3],
-                               data_dtype=instruction.data_dtype)
-
-        return bb.call_te(compute, call.args[0], packed, *extra, primfunc_name_hint="conv2d_nchwc_int8_dot")
     if kin == block and kout == out_block and int(attrs.groups) == 1:
         # the blocked direct conv, widened to int32: scheduled by direct.BlockedConv
         return bb.call_te(blocked_conv_te, call.args[0], call.args[1], *conv_args, out_dtype=out_dtype,
@@ -115,6 +97,86 @@ def _blocked_integer_conv(bb, call, block: int, out_block: int):
                           lambda i, c, y, x, b: out[i, c * out_block + b, y, x], name="block_out")
 
     return bb.call_te(compute, call.args[0], call.args[1], primfunc_name_hint="conv2d_int_nchwc")
+
+
+def _dot_conv(bb: relax.BlockBuilder, call: relax.Call, source, pad_value: float):
+    """``call`` (a blocked int8 conv) on the target's dot-product instruction, or None.
+
+    ``source`` is the data before a constant pad of H and W folded into the conv (``pad_value``
+    in the data's domain: the int8 road pads with the zero point), else the conv's own data."""
+    attrs = call.attrs
+    data_match, out_match = _BLOCKED.match(str(attrs.data_layout)), _BLOCKED.match(str(attrs.out_layout))
+    kernel_match = re.match(r"^OIHW(\d+)i(\d+)o$", str(attrs.kernel_layout))
+    if data_match is None or out_match is None or kernel_match is None or str(attrs.out_dtype) != "int32":
+        return None
+    block, out_block = int(data_match.group(1)), int(out_match.group(1))
+    if (int(kernel_match.group(1)), int(kernel_match.group(2))) != (block, out_block):
+        return None
+    data_dtype = str(source.ty.dtype)
+    out_shape = static_shape(call)
+    if out_shape is None or static_shape(source) is None:
+        return None
+    instruction = dot_instruction_for(tvm.target.Target.current(allow_none=True), data_dtype, block, out_block,
+                                      int(attrs.groups), out_shape[3])
+    if instruction is None:
+        return None
+    # the weight repacked and the shift's compensation computed on the constant: both folded
+    # at compile time
+    packed = bb.emit(bb.call_te(pack_weight_te, call.args[1], primfunc_name_hint="dot_weight"))
+    shift = instruction.shift(data_dtype)
+    extra = [bb.emit(bb.call_te(compensation_te, call.args[1], shift,
+                                primfunc_name_hint="dot_compensation"))] if shift else []
+    conv_args = ([int(v) for v in attrs.strides], [int(v) for v in attrs.padding], [int(v) for v in attrs.dilation])
+
+    def compute(data, weight, *compensation):
+        return dot_conv_te(data, weight, compensation[0] if compensation else None, *conv_args,
+                           data_dtype=instruction.data_dtype, pad_value=pad_value)
+
+    return bb.call_te(compute, source, packed, *extra, primfunc_name_hint="conv2d_nchwc_int8_dot")
+
+
+@relax.expr_functor.mutator
+class _IntegerDotConvs(relax.PyExprMutator):
+    """Blocked int8 convs to the dot-product compute before ``LegalizeOps``, where the constant
+    pad in front of each (the zero point's, from ``quantized.py``) is still a Relax op: it
+    folds into the conv's own padding stage instead of running as a pass of its own."""
+
+    def visit_call_(self, call):  # pylint: disable=arguments-renamed
+        call = super().visit_call_(call)
+        if not isinstance(call.op, tvm.ir.Op) or call.op.name != "relax.nn.conv2d":
+            return call
+        source, pad_value, padding = call.args[0], 0.0, [int(p) for p in call.attrs.padding]
+        bound = source
+        while isinstance(bound, relax.Var):  # through aliases (``y = x``) to the bound call
+            bound = self.lookup_binding(bound)
+        if (isinstance(bound, relax.Call) and isinstance(bound.op, tvm.ir.Op) and bound.op.name == "relax.nn.pad"
+                and str(bound.attrs.pad_mode) == "constant"):
+            widths = [int(w) for w in bound.attrs.pad_width]
+            if len(widths) == 10 and not any(widths[:4]) and not any(widths[8:]):
+                top, bottom, left, right = widths[4:8]
+                source, pad_value = bound.args[0], float(bound.attrs.pad_value)
+                padding = [padding[0] + top, padding[1] + left, padding[2] + bottom, padding[3] + right]
+        if source is not call.args[0]:
+            folded = relax.op.nn.conv2d(
+                source, call.args[1], strides=list(call.attrs.strides), padding=padding,
+                dilation=list(call.attrs.dilation), groups=int(call.attrs.groups),
+                data_layout=str(call.attrs.data_layout), kernel_layout=str(call.attrs.kernel_layout),
+                out_layout=str(call.attrs.out_layout), out_dtype=str(call.attrs.out_dtype))
+            lowered = _dot_conv(self.builder_, self.builder_.normalize(folded), source, pad_value)
+            if lowered is not None:
+                return lowered
+        lowered = _dot_conv(self.builder_, call, call.args[0], 0.0)
+        return call if lowered is None else lowered
+
+
+def integer_dot_convs():
+    """:class:`_IntegerDotConvs` as a module pass (run under the target)."""
+
+    @tvm.transform.module_pass(opt_level=0, name="EdgecnnIntegerDotConvs")
+    def _pass(mod, _ctx):
+        return rewrite_functions(mod, _IntegerDotConvs(mod))
+
+    return _pass
 
 
 def legalize_map() -> dict:
