@@ -342,9 +342,9 @@ def test_vnni_full_range_is_exact(tmp_path):
     assert "IntegerDotConv" in _conv_rules(lowered).values()
 
 
-def test_vnni_target_assembly_has_vpdpbusd_and_others_do_not(tmp_path):
+def test_vnni_target_assembly_has_vpdpbusd_and_others_vpmaddwd(tmp_path):
     """Compiled (not run) for a VNNI CPU the int8 convs are vpdpbusd; for AVX-512 without VNNI
-    and for AVX2 the same file compiles to the exact widened products instead."""
+    and for AVX2 the same file compiles to vpmaddwd on int16 (exact) instead."""
     from edgecnn.compiler.tvm.library import cpu_assembly
 
     in_shape = (1, 3, 16, 16)
@@ -355,10 +355,30 @@ def test_vnni_target_assembly_has_vpdpbusd_and_others_do_not(tmp_path):
     for mcpu in ("icelake-server", "skylake-avx512", "haswell"):
         target = dict(VNNI_TARGET, mcpu=mcpu)
         lowered = pipelines.lower(relax_mod, target)
-        counts[mcpu] = cpu_assembly(pipelines.compile_lowered(lowered, target, mcpu)).count("vpdpbusd")
-        if mcpu == "icelake-server":
-            assert list(_conv_rules(lowered).values()).count("IntegerDotConv") == 2
-    assert counts["icelake-server"] >= 2 and counts["skylake-avx512"] == counts["haswell"] == 0, counts
+        assembly = cpu_assembly(pipelines.compile_lowered(lowered, target, mcpu))
+        counts[mcpu] = (assembly.count("vpdpbusd"), assembly.count("vpmaddwd"))
+        assert list(_conv_rules(lowered).values()).count("IntegerDotConv") == 2, mcpu
+    assert counts["icelake-server"][0] >= 2, counts
+    assert counts["skylake-avx512"][0] == counts["haswell"][0] == 0, counts
+    assert counts["skylake-avx512"][1] >= 2 and counts["haswell"][1] >= 2, counts
+
+
+@pytest.mark.parametrize("preset", ["x86-64-avx512", "x86-64-avx2"])
+@pytest.mark.parametrize("activations", [QuantType.QInt8, QuantType.QUInt8], ids=["s8", "u8"])
+def test_vpmaddwd_convs_match_onnxruntime(tmp_path, preset, activations):
+    """Without VNNI the int8 convs widen to int16 and run on vpmaddwd (16 lanes on AVX-512, two
+    8-lane vectors per 16-channel block on AVX2), exact against onnxruntime, full range included."""
+    from edgecnn.targets.isa import runs_here
+
+    if not runs_here(get_preset(preset).target()):
+        pytest.skip(f"this CPU cannot run {preset} code")
+    in_shape = (1, 3, 16, 16)  # rows of 16 and 8: register tiles of 8 (AVX-512) and 4 (AVX2)
+    model = _conv_net(17, in_shape, [(16, 3, 1, 1, 1, 1), (32, 3, 2, 1, 1, 1), (16, 1, 1, 0, 1, 1)],
+                      head=10, relu=True)
+    path = _quantize(tmp_path, model, in_shape, activations=activations)
+    relax_mod = _compile_and_compare(path, in_shape, layers=4, preset=preset, input_scale=4.0)
+    _, lowered = pipelines.build(relax_mod, get_preset(preset))
+    assert list(_conv_rules(lowered).values()).count("IntegerDotConv") == 3
 
 
 @pytest.mark.parametrize("activations", [QuantType.QInt8, QuantType.QUInt8], ids=["s8", "u8"])

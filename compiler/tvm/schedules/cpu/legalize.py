@@ -122,7 +122,8 @@ def _dot_conv(bb: relax.BlockBuilder, call: relax.Call, source, pad_value: float
         return None
     # the weight repacked and the shift's compensation computed on the constant: both folded
     # at compile time
-    packed = bb.emit(bb.call_te(pack_weight_te, call.args[1], primfunc_name_hint="dot_weight"))
+    packed = bb.emit(bb.call_te(pack_weight_te, call.args[1], instruction.width, instruction.weight_dtype,
+                                primfunc_name_hint="dot_weight"))
     shift = instruction.shift(data_dtype)
     extra = [bb.emit(bb.call_te(compensation_te, call.args[1], shift,
                                 primfunc_name_hint="dot_compensation"))] if shift else []
@@ -130,7 +131,7 @@ def _dot_conv(bb: relax.BlockBuilder, call: relax.Call, source, pad_value: float
 
     def compute(data, weight, *compensation):
         return dot_conv_te(data, weight, compensation[0] if compensation else None, *conv_args,
-                           data_dtype=instruction.data_dtype, pad_value=pad_value)
+                           instruction=instruction, pad_value=pad_value)
 
     return bb.call_te(compute, source, packed, *extra, primfunc_name_hint="conv2d_nchwc_int8_dot")
 
@@ -143,7 +144,8 @@ class _IntegerDotConvs(relax.PyExprMutator):
 
     def visit_call_(self, call):  # pylint: disable=arguments-renamed
         call = super().visit_call_(call)
-        if not isinstance(call.op, tvm.ir.Op) or call.op.name != "relax.nn.conv2d":
+        if (not isinstance(call.op, tvm.ir.Op) or call.op.name != "relax.nn.conv2d"
+                or str(call.attrs.out_dtype) != "int32"):
             return call
         source, pad_value, padding = call.args[0], 0.0, [int(p) for p in call.attrs.padding]
         bound = source
