@@ -412,3 +412,16 @@ def test_rpi5_int8_bundle_is_sdot_and_exact_under_emulation(tmp_path, activation
         got = np.asarray(bundle.run({"x": x})["y"])
         want = session.run(None, {"x": x})[0]
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(np.abs(want).max()))
+
+
+def test_grouped_and_depthwise_int8_convs_are_scheduled(tmp_path):
+    """Depthwise and grouped int8 convs take the blocked direct and depthwise computes widened to
+    int32 (scheduled like the fp32 ones, not left as unscheduled loops) and agree with onnxruntime."""
+    in_shape = (1, 16, 10, 10)
+    model = _conv_net(19, in_shape, [(16, 3, 1, 1, 16, 1), (32, 3, 1, 1, 2, 1), (32, 3, 2, 1, 32, 1)],
+                      head=10, relu=True)
+    path = _quantize(tmp_path, model, in_shape)
+    relax_mod = _compile_and_compare(path, in_shape, layers=4)
+    _, lowered = pipelines.build(relax_mod, get_preset("host"))
+    rules = _conv_rules(lowered)
+    assert len(rules) == 3 and set(rules.values()) == {"BlockedConv"}, rules

@@ -75,10 +75,19 @@ def _blocked_integer_conv(bb, call, block: int, out_block: int):
     out_dtype = str(attrs.out_dtype)
     conv_args = ([int(v) for v in attrs.strides], [int(v) for v in attrs.padding],
                  [int(v) for v in attrs.dilation], int(attrs.groups))
-    if kin == block and kout == out_block and int(attrs.groups) == 1:
-        # the blocked direct conv, widened to int32: scheduled by direct.BlockedConv
+    groups = int(attrs.groups)
+    channels = int(call.args[0].ty.shape[1]) * block
+    out_channels = int(call.ty.shape[1]) * out_block
+    if kin == block and kout == out_block and (
+            groups == 1 or ((channels // groups) % block == 0 and (out_channels // groups) % out_block == 0
+                            and not (groups == channels == out_channels and block == 1))):
+        # the blocked direct conv (dense or grouped), widened to int32: scheduled by direct.BlockedConv
         return bb.call_te(blocked_conv_te, call.args[0], call.args[1], *conv_args, out_dtype=out_dtype,
                           primfunc_name_hint="conv2d_nchwc")
+    if groups == channels == out_channels and kin == 1 and kout == block == out_block:
+        # depthwise, widened to int32: scheduled by direct.BlockedConv like the fp32 one
+        return bb.call_te(blocked_depthwise_te, call.args[0], call.args[1], *conv_args[:3], out_dtype=out_dtype,
+                          primfunc_name_hint="depthwise_conv2d_nchwc")
 
     def compute(data, kernel):
         n, cb, h, w, b = data.shape
