@@ -18,6 +18,7 @@ from edgecnn.compiler.tvm.bundle import compile_bundle
 from edgecnn.compiler.tvm.relax_helpers import op_name
 from edgecnn.runtime.bundle import Bundle
 from edgecnn.targets import get_preset
+from edgecnn.compiler.tvm.schedules.cpu import rule_of
 
 
 class _Reader(CalibrationDataReader):
@@ -425,3 +426,35 @@ def test_grouped_and_depthwise_int8_convs_are_scheduled(tmp_path):
     _, lowered = pipelines.build(relax_mod, get_preset("host"))
     rules = _conv_rules(lowered)
     assert len(rules) == 3 and set(rules.values()) == {"BlockedConv"}, rules
+
+
+@pytest.mark.parametrize("activations", [QuantType.QInt8, QuantType.QUInt8], ids=["s8", "u8"])
+def test_int8_dense_layers_on_dot_products(tmp_path, activations):
+    """Batch-1 int8 dense layers whose outputs fill whole vectors (48 -> 32 requantized to int8 with a
+    Relu, then 32 -> 16 float logits) run as a dot-product GEMV on VNNI or vpmaddwd (the row
+    padded to whole products: 3 * 5 * 5 = 75 inputs), exact against onnxruntime."""
+    from edgecnn.targets.isa import runs_here
+
+    rng = np.random.default_rng(23)
+    in_shape = (1, 3, 5, 5)
+    inits = [numpy_helper.from_array((rng.standard_normal((32, 75)) / 8).astype(np.float32), "w1"),
+             numpy_helper.from_array((rng.standard_normal(32) * 0.1).astype(np.float32), "b1"),
+             numpy_helper.from_array((rng.standard_normal((16, 32)) / 6).astype(np.float32), "w2"),
+             numpy_helper.from_array((rng.standard_normal(16) * 0.1).astype(np.float32), "b2")]
+    nodes = [helper.make_node("Flatten", ["x"], ["f"]),
+             helper.make_node("Gemm", ["f", "w1", "b1"], ["h"], transB=1),
+             helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("Gemm", ["r", "w2", "b2"], ["y"], transB=1)]
+    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, in_shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = _quantize(tmp_path, model, in_shape, activations=activations)
+    for preset in ("host", "x86-64-avx2"):
+        if not runs_here(get_preset(preset).target()):
+            continue
+        relax_mod = _compile_and_compare(path, in_shape, layers=2, preset=preset, input_scale=3.0)
+        _, lowered = pipelines.build(relax_mod, get_preset(preset))
+        rules = [rule_of(f) for g, f in lowered.functions_items()
+                 if isinstance(f, __import__("tvm").tirx.PrimFunc) and "gemv_int8" in g.name_hint]
+        assert rules == ["IntegerDotGemv", "IntegerDotGemv"], (preset, rules)

@@ -27,16 +27,16 @@ from .common import RULE_ANNOTATION, channel_block, rule_of
 from .dense import Gemv
 from .direct import BlockedConv, PlainConv
 from .generic import Generic
-from .int8_dot import IntegerDotConv
+from .int8_dot import IntegerDotConv, IntegerDotGemv
 from .layout import layout_passes, padded_out_channels
 from .winograd import WinogradConv, use_winograd
 
 
 def schedule_rules(lanes: int | None = None) -> list:
     """The ordered CPU rules: conv rules, the dense rules, then the generic parallel/vector rule."""
-    return [WinogradConv(lanes), IntegerDotConv(lanes), BlockedConv(lanes), PlainConv(lanes), Gemv(lanes), dlight.cpu.GEMV(),
+    return [WinogradConv(lanes), IntegerDotConv(lanes), BlockedConv(lanes), PlainConv(lanes), Gemv(lanes), IntegerDotGemv(lanes), dlight.cpu.GEMV(),
             Generic(lanes)]
 
 
-__all__ = ["RULE_ANNOTATION", "BlockedConv", "Gemv", "Generic", "IntegerDotConv", "PlainConv", "WinogradConv", "channel_block",
+__all__ = ["RULE_ANNOTATION", "BlockedConv", "Gemv", "Generic", "IntegerDotConv", "IntegerDotGemv", "PlainConv", "WinogradConv", "channel_block",
            "layout_passes", "padded_out_channels", "rule_of", "schedule_rules", "use_winograd"]

@@ -30,7 +30,34 @@ def legalize_matmul(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
         length = -(-rows.shape[1] // 16) * 16
         rows = np.pad(rows, [(0, 0), (0, length - rows.shape[1])])
         return bb.call_te(gemv_te, data, relax.const(np.ascontiguousarray(rows)), primfunc_name_hint="gemv")
-    return _default_matmul_legalize(bb, call)
+    integer = _integer_gemv(bb, call)
+    return _default_matmul_legalize(bb, call) if integer is None else integer
+
+
+def _integer_gemv(bb: relax.BlockBuilder, call: relax.Call):
+    """A batch-1 int8 dense layer (``tvm/quantized.py``: int8 x int8 -> int32 on constant weights)
+    on the target's dot-product instruction, or None."""
+    from .int8_dot import compensation_for_dense, dense_instruction_for, dot_gemv_te, pack_dense_weight
+
+    data, weight = call.args
+    shape = static_shape(data)
+    if (not isinstance(weight, tvm.ir.expr.Constant) or shape is None or len(shape) != 2 or shape[0] != 1
+            or len(weight.value.shape) != 2 or str(weight.value.dtype) != "int8" or str(call.ty.dtype) != "int32"):
+        return None
+    values = weight.value.numpy()
+    instruction = dense_instruction_for(tvm.target.Target.current(allow_none=True), str(data.ty.dtype),
+                                        values.shape[1])
+    if instruction is None:
+        return None
+    shift = instruction.shift(str(data.ty.dtype))
+    args = [data, relax.const(pack_dense_weight(values, instruction))]
+    if shift:
+        args.append(relax.const(compensation_for_dense(values, shift)))
+
+    def compute(x, packed, *compensation):
+        return dot_gemv_te(x, packed, compensation[0] if compensation else None, instruction)
+
+    return bb.call_te(compute, *args, primfunc_name_hint="gemv_int8")
 
 
 def gemv_te(data, rows):

@@ -24,14 +24,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tvm import s_tir, te, topi
+import numpy as np
+from tvm import s_tir, te, tirx, topi
 from tvm.script import tirx as T
 
 from edgecnn.compiler.ops._shapes import output_size
 from edgecnn.targets.isa import has_arm_dot_product, has_vnni, target_features
 
 from .common import (
-    NCHWC_INT8_CONV_BLOCK, PARALLEL_MIN_WORK, SafeRule, accumulate_in_registers, block_iters,
+    INT8_GEMV_BLOCK, NCHWC_INT8_CONV_BLOCK, PARALLEL_MIN_WORK, REDUCTION_WORK_SCALE, SafeRule, accumulate_in_registers, block_iters,
     conv_work, has_block, is_spatial, other_block_names, schedule_remaining, try_primitive,
 )
 
@@ -309,4 +310,91 @@ class IntegerDotConv(SafeRule):
         for tile in (col_tile, vector_tile, chunk_tile):
             sch.unroll(tile)
         schedule_remaining(sch, [o for o in others if has_block(sch, o)], lanes, parallel or None)
+        return True
+
+
+# -- batch-1 dense layers ------------------------------------------------------------------------
+
+def pack_dense_weight(weight: np.ndarray, instruction: DotInstruction) -> np.ndarray:
+    """K x N int8 weights -> [N/lanes, K/width, lanes, width] in the instruction's weight type, K
+    padded with zeros to whole products: one vector load per instruction."""
+    k, n = weight.shape
+    lanes, width = instruction.lanes, instruction.width
+    padded = np.zeros((-(-k // width) * width, n), dtype=np.int64)
+    padded[:k] = weight
+    return np.ascontiguousarray(padded.reshape(-1, width, n // lanes, lanes).transpose(2, 0, 3, 1)
+                                .astype(instruction.weight_dtype))
+
+
+def compensation_for_dense(weight: np.ndarray, shift: int) -> np.ndarray:
+    """``shift * sum_k w[k, n]`` (N,) int32: what shifting the data added to each output."""
+    return (shift * weight.astype(np.int64).sum(axis=0)).astype(np.int32)
+
+
+def dense_instruction_for(target, data_dtype: str, out_features: int) -> DotInstruction | None:
+    """The instruction a batch-1 int8 dense layer runs on, or None (the default matmul)."""
+    if data_dtype not in _INT8_TYPES:
+        return None
+    return next((i for i in dot_instructions(target) if out_features % i.lanes == 0), None)
+
+
+def dot_gemv_te(data, packed, compensation, instruction: DotInstruction):
+    """(1, K) int8/uint8 x packed weight -> (1, N) int32, exact; data converted as in ``dot_conv_te``
+    (and padded with zeros to whole products), ``compensation`` (N,) int32 or None."""
+    length = int(data.shape[-1])
+    chunks, groups_of, lanes, dot = (int(v) for v in packed.shape)
+    shift = instruction.shift(str(data.dtype))
+    converted = te.compute(
+        (1, groups_of * dot),
+        lambda i, k: te.if_then_else(k < length, (data[i, k].astype("int32") + shift).astype(instruction.data_dtype),
+                                     tirx.const(0, instruction.data_dtype)),
+        name=SHIFT_BLOCK)
+    r_group = te.reduce_axis((0, groups_of), "k_group")
+    r_lane = te.reduce_axis((0, dot), "k_lane")
+    acc = te.compute(
+        (1, chunks, lanes),
+        lambda i, c, b: te.sum(converted[i, r_group * dot + r_lane].astype("int32")
+                               * packed[c, r_group, b, r_lane].astype("int32"), axis=[r_group, r_lane]),
+        name=INT8_GEMV_BLOCK)
+    return te.compute(
+        (1, chunks * lanes),
+        lambda i, n: acc[i, n // lanes, n % lanes] - (compensation[n] if compensation is not None else 0),
+        name="dot_gemv_out")
+
+
+class IntegerDotGemv(SafeRule):
+    """``dot_gemv_te``: each chunk of output lanes accumulates in one register over the whole
+    row of products (tensorized); chunks in parallel when there is enough work."""
+
+    def schedule(self, sch, lanes) -> bool:
+        if not has_block(sch, INT8_GEMV_BLOCK):
+            return False
+        gemv = sch.get_sblock(INT8_GEMV_BLOCK)
+        reads = {len(r.source.shape): r.source for r in sch.get(gemv).reads}
+        iters = block_iters(sch, gemv)
+        if set(reads) != {2, 4}:
+            return False
+        chunk_lanes, dot = int(iters[2].dom.extent), int(iters[4].dom.extent)
+        found = [i for i in _ALL if i.data_dtype == str(reads[2].dtype) and i.weight_dtype == str(reads[4].dtype)
+                 and i.width == dot and i.lanes == chunk_lanes]
+        if not found:
+            return False
+        others = other_block_names(sch, gemv)  # the converted row stays a buffer: the product reads words
+        loops = accumulate_in_registers(sch, gemv)  # the store: (1, chunks, lanes), or (1, N) when
+        if len(loops) == 3:                         # the output's flattening did not inline into it
+            _, chunk, lane = loops
+        elif len(loops) == 2:
+            chunk, lane = sch.split(loops[1], [None, chunk_lanes])
+        else:
+            return False
+        if conv_work(sch, gemv) * REDUCTION_WORK_SCALE >= PARALLEL_MIN_WORK:
+            sch.parallel(chunk)
+        sch.vectorize(lane)
+        sch.compute_at(gemv, chunk, preserve_unit_loops=True)
+        *_, lane_loop, r_group, r_lane = sch.get_loops(gemv)  # [store loops..., i, c, lanes, group, lane]
+        sch.reorder(r_group, lane_loop, r_lane)
+        init = sch.decompose_reduction(gemv, r_group)
+        sch.vectorize(sch.get_loops(init)[-1])
+        sch.tensorize(lane_loop, found[0].name)
+        schedule_remaining(sch, [o for o in others if has_block(sch, o)], lanes)
         return True
