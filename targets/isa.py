@@ -70,12 +70,13 @@ def has_vnni(target) -> bool:
     return target is not None and {"avx512vnni", "avx512bw", "avx512vl"} <= target_features(target)
 
 
+def is_aarch64(target) -> bool:
+    return target is not None and str(as_target(target).attrs.get("mtriple", "") or "").startswith("aarch64")
+
+
 def has_arm_dot_product(target) -> bool:
     """Whether ``target``'s code may use ARMv8.2's dot product (``sdot``; ``+dotprod``)."""
-    if target is None:
-        return False
-    triple = str(as_target(target).attrs.get("mtriple", "") or "")
-    return triple.startswith("aarch64") and "dotprod" in target_features(target)
+    return is_aarch64(target) and "dotprod" in target_features(target)
 
 
 def host_vector_lanes() -> int:

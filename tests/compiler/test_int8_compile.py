@@ -382,34 +382,33 @@ def test_vpmaddwd_convs_match_onnxruntime(tmp_path, preset, activations):
     assert list(_conv_rules(lowered).values()).count("IntegerDotConv") == 3
 
 
+@pytest.mark.parametrize("preset, instruction, absent", [("rpi5", "sdot", "sadalp"), ("rpi4", "sadalp", "sdot")])
 @pytest.mark.parametrize("activations", [QuantType.QInt8, QuantType.QUInt8], ids=["s8", "u8"])
-def test_rpi5_int8_bundle_is_sdot_and_exact_under_emulation(tmp_path, activations):
-    """The rpi5 preset (+dotprod) runs int8 convs on sdot (int8 x int8 as the file stores them; a
-    uint8 file would be shifted): the assembly has it, rpi4 (NEON only) does not, and the rpi5
-    bundle under qemu agrees with onnxruntime."""
+def test_arm_int8_bundles_use_dot_products_and_are_exact_under_emulation(tmp_path, activations, preset,
+                                                                         instruction, absent):
+    """rpi5 (+dotprod) runs int8 convs and dense layers on sdot, rpi4 (NEON only) on smull + sadalp
+    (int8 x int8 as the file stores them; a uint8 file is shifted): the assembly shows which, and
+    the bundle under qemu agrees with onnxruntime."""
     from edgecnn.compiler.tvm.bundle import compile_model
     from edgecnn.compiler.tvm.library import cpu_assembly
     from edgecnn.runtime import emulate
 
     in_shape = (1, 3, 12, 12)
-    model = _conv_net(13, in_shape, [(16, 3, 1, 1, 1, 1), (8, 3, 2, 1, 1, 1)], head=10, relu=True)
+    model = _conv_net(13, in_shape, [(16, 3, 1, 1, 1, 1), (8, 3, 2, 1, 1, 1)], head=12, relu=True)
     path = _quantize(tmp_path, model, in_shape, activations=activations)
     relax_mod = frontend.to_relax(frontend.resolve_model(str(path)).onnx_model)
-    counts = {}
-    for name in ("rpi5", "rpi4"):
-        target = get_preset(name).target()
-        lowered = pipelines.lower(relax_mod, target)
-        counts[name] = cpu_assembly(pipelines.compile_lowered(lowered, target, name)).count("sdot")
-        if name == "rpi5":
-            assert list(_conv_rules(lowered).values()).count("IntegerDotConv") == 2
-    assert counts["rpi5"] >= 2 and counts["rpi4"] == 0, counts
+    target = get_preset(preset).target()
+    lowered = pipelines.lower(relax_mod, target)
+    assembly = cpu_assembly(pipelines.compile_lowered(lowered, target, preset))
+    assert assembly.count(instruction) >= 2 and assembly.count(absent) == 0
+    assert list(_conv_rules(lowered).values()).count("IntegerDotConv") == 2
     missing = emulate.missing_requirements()
     if missing:
         pytest.skip("aarch64 emulation unavailable: " + "; ".join(missing))
-    bundle = emulate.open_emulated(compile_model(str(path), "rpi5", tmp_path / "bundle"))
+    bundle = emulate.open_emulated(compile_model(str(path), preset, tmp_path / "bundle"))
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     for seed in (0, 1):
-        x = np.random.default_rng(seed).standard_normal(in_shape).astype(np.float32)
+        x = (np.random.default_rng(seed).standard_normal(in_shape) * 3).astype(np.float32)
         got = np.asarray(bundle.run({"x": x})["y"])
         want = session.run(None, {"x": x})[0]
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(np.abs(want).max()))

@@ -29,7 +29,7 @@ from tvm import s_tir, te, tirx, topi
 from tvm.script import tirx as T
 
 from edgecnn.compiler.ops._shapes import output_size
-from edgecnn.targets.isa import has_arm_dot_product, has_vnni, target_features
+from edgecnn.targets.isa import has_arm_dot_product, has_vnni, is_aarch64, target_features
 
 from .common import (
     INT8_GEMV_BLOCK, NCHWC_INT8_CONV_BLOCK, PARALLEL_MIN_WORK, REDUCTION_WORK_SCALE, SafeRule, accumulate_in_registers, block_iters,
@@ -51,7 +51,11 @@ class DotInstruction:
     width: int
     data_dtype: str
     weight_dtype: str
-    accumulates: bool  # the intrinsic adds to the accumulator itself (vpdpbusd, sdot)
+    # how the product reaches the accumulator: "fused" (vpdpbusd, sdot add to it themselves),
+    # "add" (vpmaddwd's int32 sums, then an add), or "pairwise" (NEON: int16 products added in
+    # pairs into int32 by ``pairwise_intrinsic``, saddlp, then added: LLVM emits sadalp)
+    form: str = "fused"
+    pairwise_intrinsic: str = ""
 
     def shift(self, dtype: str) -> int:
         """What is added to int8/uint8 activations to bring them into ``data_dtype``."""
@@ -67,7 +71,10 @@ def _dot_intrinsic(instruction: DotInstruction):
     lanes, width = instruction.lanes, instruction.width
     data_dtype, weight_dtype = instruction.data_dtype, instruction.weight_dtype
     elements = lanes * width
-    llvm_intrinsic, accumulates = instruction.llvm_intrinsic, instruction.accumulates
+    llvm_intrinsic, form = instruction.llvm_intrinsic, instruction.form
+    # TVMScript builds every branch below, so the unused one still names a real intrinsic
+    pairwise = instruction.pairwise_intrinsic or llvm_intrinsic
+    word_bits = width * int(data_dtype.lstrip("uint"))
 
     @T.prim_func(s_tir=True)
     def desc(
@@ -93,32 +100,42 @@ def _dot_intrinsic(instruction: DotInstruction):
         with T.sblock("root"):
             T.reads(C[0:lanes], A[0:width], B[0:lanes, 0:width])
             T.writes(C[0:lanes])
-            # the products' inputs of one lane are 32 bits: one broadcast word
-            word = T.reinterpret(A.vload([0], f"{data_dtype}x{width}"), dtype="int32")
+            # the products' inputs of one lane are one word (32 bits; 16 for NEON's pairs): broadcast
+            word = T.reinterpret(A.vload([0], f"{data_dtype}x{width}"), dtype=f"int{word_bits}")
             operands = (T.reinterpret(T.broadcast(word, lanes), dtype=f"{data_dtype}x{elements}"),
                         B.vload([0, 0], dtype=f"{weight_dtype}x{elements}"))
-            if accumulates:
+            if form == "fused":
                 C[T.ramp(T.int32(0), 1, lanes)] = T.call_llvm_pure_intrin(
                     T.llvm_lookup_intrinsic_id(llvm_intrinsic), C.vload([0], dtype=f"int32x{lanes}"),
                     *operands, dtype=f"int32x{lanes}")
-            else:
+            elif form == "add":
                 C[T.ramp(T.int32(0), 1, lanes)] = C.vload([0], dtype=f"int32x{lanes}") + T.call_llvm_pure_intrin(
                     T.llvm_lookup_intrinsic_id(llvm_intrinsic), *operands, dtype=f"int32x{lanes}")
+            else:
+                C[T.ramp(T.int32(0), 1, lanes)] = C.vload([0], dtype=f"int32x{lanes}") + T.call_llvm_pure_intrin(
+                    T.llvm_lookup_intrinsic_id(pairwise),
+                    T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id(llvm_intrinsic), *operands,
+                                            dtype=f"int16x{elements}"),
+                    dtype=f"int32x{lanes}")
 
     return desc, impl
 
 
 # x86 AVX-512 VNNI: vpdpbusd on zmm (16 lanes) and ymm (8); u8 x s8, 4 products per lane
 VNNI = [DotInstruction(f"edgecnn_vnni_{lanes}x4", f"llvm.x86.avx512.vpdpbusd.{32 * lanes}", lanes, 4,
-                       "uint8", "int8", True) for lanes in (16, 8)]
+                       "uint8", "int8") for lanes in (16, 8)]
 # ARM dot product (+dotprod): sdot, s8 x s8, 4 products per lane, 4 lanes
-SDOT = [DotInstruction("edgecnn_sdot_4x4", "llvm.aarch64.neon.sdot.v4i32.v16i8", 4, 4, "int8", "int8", True)]
+SDOT = [DotInstruction("edgecnn_sdot_4x4", "llvm.aarch64.neon.sdot.v4i32.v16i8", 4, 4, "int8", "int8")]
+# ARM NEON without dot product (Cortex-A72, Raspberry Pi 4): smull (8 s8 x s8 -> s16 products,
+# exact) and sadalp (their pairs added into 4 int32 lanes), 2 products per lane
+SMULL = [DotInstruction("edgecnn_smull_sadalp_4x2", "llvm.aarch64.neon.smull.v8i16", 4, 2, "int8", "int8",
+                        form="pairwise", pairwise_intrinsic="llvm.aarch64.neon.saddlp.v4i32.v8i16")]
 # x86 without VNNI: vpmaddwd on int16 (the int8 data and weights widened), 2 products per lane
 # and exact, unlike vpmaddubsw's int16 sums, which saturate on full-range data
 PMADDWD_AVX512 = [DotInstruction("edgecnn_pmaddwd_16x2", "llvm.x86.avx512.pmaddw.d.512", 16, 2,
-                                 "int16", "int16", False)]
-PMADDWD_AVX2 = [DotInstruction("edgecnn_pmaddwd_8x2", "llvm.x86.avx2.pmadd.wd", 8, 2, "int16", "int16", False)]
-_ALL = (*VNNI, *SDOT, *PMADDWD_AVX512, *PMADDWD_AVX2)
+                                 "int16", "int16", form="add")]
+PMADDWD_AVX2 = [DotInstruction("edgecnn_pmaddwd_8x2", "llvm.x86.avx2.pmadd.wd", 8, 2, "int16", "int16", form="add")]
+_ALL = (*VNNI, *SDOT, *SMULL, *PMADDWD_AVX512, *PMADDWD_AVX2)
 for _instruction in _ALL:
     s_tir.TensorIntrin.register(_instruction.name, *_dot_intrinsic(_instruction), override=True)
 
@@ -130,6 +147,8 @@ def dot_instructions(target) -> list:
     if has_arm_dot_product(target):
         return SDOT
     features = target_features(target) if target is not None else frozenset()
+    if is_aarch64(target) and "neon" in features:
+        return SMULL
     if "avx512bw" in features:
         return PMADDWD_AVX512 + PMADDWD_AVX2
     if "avx2" in features:
