@@ -207,9 +207,11 @@ class WinogradConv(SafeRule):
             return False
         gemm = sch.get_sblock(WINOGRAD_GEMM_BLOCK)
         others = [n for n in other_block_names(sch, gemm) if n not in blocks]
-        # one decision for the whole conv: its stages are small, the conv as a whole is not
-        output = sch.get_sblock(WINOGRAD_OUTPUT_BLOCK)
-        parallel = block_work(sch, output) * 9 >= PARALLEL_MIN_WORK
+        # one decision for the whole conv, from its batched GEMM's multiplies: its stages are
+        # small, the conv as a whole is not. (Counted on the output transform, as it was, the
+        # decision lost the input channels once that transform had no reduction left: every
+        # Winograd conv of vgg-small and ResNet-50's 28x28 and smaller ones ran on one thread.)
+        parallel = block_work(sch, gemm) >= PARALLEL_MIN_WORK
         if not schedule_tiled(sch, gemm, lanes, parallel):
             return False
         if not _schedule_winograd_output(sch, sch.get_sblock(WINOGRAD_OUTPUT_BLOCK), parallel):
