@@ -68,6 +68,11 @@ class Op:
     #: False for ops on quantized integers: they run, but have no gradient and are never trained
     differentiable: ClassVar[bool] = True
 
+    def quantized_weight_axis(self) -> int | None:
+        """The output-channel axis of the weight (input 1) when ``edgecnn quantize`` runs this op in
+        integer arithmetic (per-channel weight scales lie along it); None for ops left in float."""
+        return None
+
     def __init__(self, attrs: dict | None = None, name: str = ""):
         self.name = name
         given = dict(attrs or {})

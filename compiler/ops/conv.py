@@ -192,6 +192,9 @@ class Conv(_Spatial2D):
     param_inputs = (1, 2)
     onnx_opsets = (1, 99)
 
+
+    def quantized_weight_axis(self) -> int:
+        return 0  # OIHW: output channels first
     def check_attrs(self, attrs):
         attrs = self.check_grouped(attrs)
         return attrs

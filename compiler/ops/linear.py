@@ -39,6 +39,9 @@ class Gemm(Op):
             attrs[key] = int(attrs[key])
         return attrs
 
+    def quantized_weight_axis(self) -> int:
+        return 0 if self.attrs["transB"] else 1
+
     def _mkn(self, a_shape, b_shape):
         if len(a_shape) != 2 or len(b_shape) != 2:
             self.fail("A and B must be 2-D (add Flatten before a Dense layer)", a_shape=tuple(a_shape),

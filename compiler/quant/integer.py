@@ -21,9 +21,6 @@ import numpy as np
 from ..ir import Graph, Node
 from ..ops.quantization import INTEGER_RANGES
 
-#: float op type -> the integer op its quantized chain becomes
-_FUSED = {"Conv": "QLinearConv", "Gemm": "QGemm"}
-
 
 def _only_consumer(consumers: dict, tensor: str, graph: Graph):
     users = consumers.get(tensor, [])
@@ -80,7 +77,7 @@ def integer_graph(graph: Graph) -> tuple[Graph, dict]:
     new_params: dict[str, np.ndarray] = {}
     report = {"integer": [], "float": {}}
     for node in graph.nodes:
-        if node.op_type not in _FUSED:
+        if graph.ops[node.name].quantized_weight_axis() is None:
             continue
         why = _fuse(graph, node, producers, consumers, replaced, dropped, new_params)
         if why:
@@ -128,7 +125,7 @@ def _fuse(graph, node, producers, consumers, replaced, dropped, new_params) -> s
         return f"its weight is {wq.dtype}, not 8-bit"
     sw = graph.params[dq_w.inputs[1]]
     zw_name = dq_w.inputs[2] if len(dq_w.inputs) > 2 and dq_w.inputs[2] else None
-    out_axis = 0 if node.op_type == "Conv" or attrs.get("transB") else 1
+    out_axis = graph.ops[node.name].quantized_weight_axis()
     w_axis = int(graph.ops[dq_w.name].attrs["axis"]) % wq.ndim
     out_channels = wq.shape[out_axis]
     if sw.size != 1 and w_axis != out_axis:

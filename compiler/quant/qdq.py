@@ -24,9 +24,13 @@ from edgecnn.runtime.errors import InputError
 from ..ir import Graph, Node
 from . import calibrate
 
-QUANTIZED_OPS = ("Conv", "Gemm")
 #: ops whose output is a subset or rearrangement of their input's values: same quantization
 SAME_SCALE_OPS = ("MaxPool", "Flatten", "Reshape")
+
+
+def _quantizable(graph: Graph, node) -> bool:
+    """Whether the op runs in integer arithmetic once quantized (its class says: Conv, Gemm)."""
+    return graph.ops[node.name].quantized_weight_axis() is not None
 
 
 def fold_batchnorm(graph: Graph) -> tuple[Graph, list[str]]:
@@ -99,7 +103,7 @@ def plan(graph: Graph) -> tuple[list[str], dict[str, str]]:
             wanted.append(t)
 
     for n in graph.nodes:
-        if n.op_type not in QUANTIZED_OPS:
+        if not _quantizable(graph, n):
             continue
         add(n.inputs[0])
         out = n.outputs[0]
@@ -152,11 +156,10 @@ def quantize_graph(graph: Graph, batches, *, method: str = "minmax", per_channel
             emit_qdq(t)
     for n in graph.nodes:
         inputs = [rename.get(i, i) for i in n.inputs]
-        if n.op_type in QUANTIZED_OPS and n.inputs[0] in qparams and n.inputs[1] in params:
-            attrs = graph.ops[n.name].attrs
+        if _quantizable(graph, n) and n.inputs[0] in qparams and n.inputs[1] in params:
             sx = qparams[n.inputs[0]][0]
             w = params[n.inputs[1]]
-            axis = 0 if n.op_type == "Conv" or attrs.get("transB") else 1
+            axis = graph.ops[n.name].quantized_weight_axis()
             wq, sw = weight_params(w, per_channel, axis)
             base = n.inputs[1]
             params[f"{base}.q"], params[f"{base}.scale"] = wq, sw
@@ -176,14 +179,14 @@ def quantize_graph(graph: Graph, batches, *, method: str = "minmax", per_channel
                                   [f"{n.inputs[2]}.dq"], {"axis": 0}))
                 inputs[2] = f"{n.inputs[2]}.dq"
             report["quantized"].append(n.name)
-        elif n.op_type in QUANTIZED_OPS:
+        elif _quantizable(graph, n):
             report["float"][n.name] = "its input is not a calibrated activation or its weight is not a constant"
         nodes.append(Node(n.op_type, n.name, inputs, list(n.outputs), dict(graph.ops[n.name].attrs)))
         for o in n.outputs:
             if o in qparams:
                 emit_qdq(o)
     for n in graph.nodes:
-        if n.op_type not in QUANTIZED_OPS and n.op_type not in SAME_SCALE_OPS + ("Relu",):
+        if not _quantizable(graph, n) and n.op_type not in SAME_SCALE_OPS + ("Relu",):
             report["float"].setdefault(n.name, f"{n.op_type} runs in float between dequantize and quantize")
     used = {i for n in nodes for i in n.inputs}
     params = {k: v for k, v in params.items() if k in used}
