@@ -20,6 +20,17 @@ def op_name(expr) -> str | None:
     return expr.op.name if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) else None
 
 
+def spatial_pad(expr):
+    """(source, [top, bottom, left, right], value) when ``expr`` is a constant ``relax.nn.pad`` of
+    only H and W (axes 2 and 3) of an NCHW or NCHW{b}c tensor, else None."""
+    if op_name(expr) != "relax.nn.pad" or str(expr.attrs.pad_mode) != "constant":
+        return None
+    widths = [int(w) for w in expr.attrs.pad_width]  # (before, after) per axis
+    if len(widths) not in (8, 10) or any(widths[:4]) or any(widths[8:]):
+        return None
+    return expr.args[0], widths[4:8], float(expr.attrs.pad_value)
+
+
 def call_tir_op():
     return tvm.ir.Op.get("relax.call_tir")
 

@@ -21,7 +21,7 @@ from tvm import relax, s_tir, te, tirx, topi
 from tvm.sym.analyzer import Analyzer as _Analyzer
 
 from edgecnn.compiler.tvm.passes import fold_constants
-from edgecnn.compiler.tvm.relax_helpers import rewrite_functions, static_shape
+from edgecnn.compiler.tvm.relax_helpers import rewrite_functions, spatial_pad, static_shape
 
 from .common import DATA_PAR, extent_of, root_blocks
 from .legalize import integer_dot_convs, legalize_map
@@ -236,27 +236,13 @@ class _BlockRemaining(relax.PyExprMutator):
             return call
         return self._to_plain(relax.op.mean(source[0], axis=[2, 3], keepdims=True), source[1])
 
-    def _spatial_pad_of(self, expr):
-        """(source, (pad widths, value)) when ``expr`` is a constant pad of H and W only, else
-        (expr, None)."""
-        bound = self.lookup_binding(expr) if isinstance(expr, relax.Var) else expr
-        if not (isinstance(bound, relax.Call) and isinstance(bound.op, tvm.ir.Op)
-                and bound.op.name == "relax.nn.pad" and str(bound.attrs.pad_mode) == "constant"):
-            return expr, None
-        widths = [int(w) for w in bound.attrs.pad_width]
-        if len(widths) != 8 or any(widths[:4]):
-            return expr, None
-        return bound.args[0], (widths, float(bound.attrs.pad_value))
-
     def _pad(self, call):
         """A constant pad of H and W only (the int8 road pads with the zero point) stays blocked."""
-        attrs = call.attrs
-        source = self._plain_source(call.args[0])
-        widths = [int(w) for w in attrs.pad_width]
-        if source is None or str(attrs.pad_mode) != "constant" or len(widths) != 8 or any(widths[:4]):
+        source, pad = self._plain_source(call.args[0]), spatial_pad(call)
+        if source is None or pad is None:
             return call
-        blocked = relax.op.nn.pad(source[0], widths + [0, 0], pad_value=float(attrs.pad_value))
-        return self._to_plain(blocked, source[1])
+        _, widths, value = pad
+        return self._to_plain(relax.op.nn.pad(source[0], [0] * 4 + widths + [0, 0], pad_value=value), source[1])
 
     def _concat(self, call):
         """Channel concat of blocked tensors with the same block stays blocked (chunks append)."""
@@ -351,12 +337,13 @@ class _BlockRemaining(relax.PyExprMutator):
                 extra = INTEGER_DOT_CHANNELS - in_channels
                 weight = self.builder_.emit(relax.op.nn.pad(weight, [0, 0, 0, extra, 0, 0, 0, 0]))
                 in_block = INTEGER_DOT_CHANNELS
-                data, spatial_pad = self._spatial_pad_of(call.args[0])
+                pad = spatial_pad(self.lookup_binding(call.args[0]) if isinstance(call.args[0], relax.Var)
+                                  else call.args[0])
+                data = call.args[0] if pad is None else pad[0]
                 data = self.builder_.emit(relax.op.layout_transform(
                     data, to_blocked_map(in_block), pad_value=tvm.tirx.const(0, str(data.ty.dtype))))
-                if spatial_pad is not None:
-                    widths, value = spatial_pad
-                    data = self.builder_.emit(relax.op.nn.pad(data, widths + [0, 0], pad_value=value))
+                if pad is not None:
+                    data = self.builder_.emit(relax.op.nn.pad(data, [0] * 4 + pad[1] + [0, 0], pad_value=pad[2]))
             else:
                 data = self._to_blocked(call.args[0], in_block)
             weight = self.builder_.emit(relax.op.layout_transform(

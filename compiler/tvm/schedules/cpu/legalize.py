@@ -9,7 +9,7 @@ import tvm
 from tvm import relax, te, topi
 from tvm.relax.transform.legalize_ops.nn import _nn_conv2d as _default_conv2d_legalize
 
-from edgecnn.compiler.tvm.relax_helpers import rewrite_functions, static_shape
+from edgecnn.compiler.tvm.relax_helpers import rewrite_functions, spatial_pad, static_shape
 
 from .dense import legalize_matmul
 from .depthwise import blocked_depthwise_te
@@ -126,7 +126,7 @@ def _dot_conv(bb: relax.BlockBuilder, call: relax.Call, source, pad_value: float
     if out_shape is None or static_shape(source) is None:
         return None
     instruction = dot_instruction_for(tvm.target.Target.current(allow_none=True), data_dtype, block, out_block,
-                                      int(attrs.groups), out_shape[3])
+                                      int(attrs.groups), out_shape[1], out_shape[3])
     if instruction is None:
         return None
     # the weight repacked and the shift's compensation computed on the constant: both folded
@@ -160,13 +160,10 @@ class _IntegerDotConvs(relax.PyExprMutator):
         bound = source
         while isinstance(bound, relax.Var):  # through aliases (``y = x``) to the bound call
             bound = self.lookup_binding(bound)
-        if (isinstance(bound, relax.Call) and isinstance(bound.op, tvm.ir.Op) and bound.op.name == "relax.nn.pad"
-                and str(bound.attrs.pad_mode) == "constant"):
-            widths = [int(w) for w in bound.attrs.pad_width]
-            if len(widths) == 10 and not any(widths[:4]) and not any(widths[8:]):
-                top, bottom, left, right = widths[4:8]
-                source, pad_value = bound.args[0], float(bound.attrs.pad_value)
-                padding = [padding[0] + top, padding[1] + left, padding[2] + bottom, padding[3] + right]
+        pad = spatial_pad(bound)
+        if pad is not None and len(static_shape(pad[0]) or []) == 5:
+            source, (top, bottom, left, right), pad_value = pad
+            padding = [padding[0] + top, padding[1] + left, padding[2] + bottom, padding[3] + right]
         if source is not call.args[0]:
             folded = relax.op.nn.conv2d(
                 source, call.args[1], strides=list(call.attrs.strides), padding=padding,
