@@ -12,6 +12,7 @@ from .common import (
     GEMV_BLOCK, PARALLEL_MIN_WORK, REDUCTION_WORK_SCALE, SafeRule, block_work, has_block, inline_epilogue,
     loop_extent, other_block_names, schedule_remaining,
 )
+from .int8_dot import compensation_for_dense, dense_instruction_for, dot_gemv_te, pack_dense_weight
 
 
 def legalize_matmul(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
@@ -37,8 +38,6 @@ def legalize_matmul(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
 def _integer_gemv(bb: relax.BlockBuilder, call: relax.Call):
     """A batch-1 int8 dense layer (``tvm/quantized.py``: int8 x int8 -> int32 on constant weights)
     on the target's dot-product instruction, or None."""
-    from .int8_dot import compensation_for_dense, dense_instruction_for, dot_gemv_te, pack_dense_weight
-
     data, weight = call.args
     shape = static_shape(data)
     if (not isinstance(weight, tvm.ir.expr.Constant) or shape is None or len(shape) != 2 or shape[0] != 1

@@ -175,14 +175,30 @@ def column_tile(out_w: int, limit: int = MAX_TILE) -> int | None:
     return next((t for t in range(limit, 3, -1) if out_w % t == 0), None)
 
 
+def register_tile(instruction: DotInstruction, out_chunks: int, out_w: int, out_block: int):
+    """(output-channel chunks, output columns) of a conv's register tile, or None when no column
+    tile divides the row. Two chunks share each broadcast when they pair up and the tile keeps 4
+    columns or more: 2 x 8 accumulators on AVX-512 (64 -> 64 channels at 56x56, 2 threads, Intel
+    with VNNI: 0.24 -> 0.22 ms)."""
+    vectors = out_block // instruction.lanes
+    budget = accumulator_budget(instruction.lanes)
+    paired_limit = budget // (2 * vectors)
+    if out_chunks % 2 == 0 and paired_limit >= 4:
+        paired = column_tile(out_w, paired_limit)
+        if paired is not None:
+            return 2, paired
+    single = column_tile(out_w, budget // vectors)
+    return None if single is None else (1, single)
+
+
 def dot_instruction_for(target, data_dtype: str, in_block: int, out_block: int, groups: int,
-                        out_w: int) -> DotInstruction | None:
+                        out_chunks: int, out_w: int) -> DotInstruction | None:
     """The instruction a blocked int8 conv runs on for ``target``, or None (widened direct conv):
     the widest whose lanes divide the output block and whose products divide the input block."""
     if data_dtype not in _INT8_TYPES or groups != 1:
         return None
     fitting = [i for i in dot_instructions(target) if out_block % i.lanes == 0 and in_block % i.width == 0]
-    if not fitting or column_tile(out_w, accumulator_budget(fitting[0].lanes) * fitting[0].lanes // out_block) is None:
+    if not fitting or register_tile(fitting[0], out_chunks, out_w, out_block) is None:
         return None
     return fitting[0]
 
@@ -280,18 +296,11 @@ class IntegerDotConv(SafeRule):
         if instruction is None:
             return False
         out_chunks, out_w, out_block = (int(iters[i].dom.extent) for i in (1, 3, 4))
-        vectors = out_block // instruction.lanes
-        budget = accumulator_budget(instruction.lanes)
-        # two chunks of output channels share each broadcast when they pair up and the tile
-        # keeps 4 columns or more: 2 x 8 accumulators on AVX-512 (64 -> 64 channels at 56x56,
-        # 2 threads, Intel with VNNI: 0.24 -> 0.22 ms)
-        paired_limit = budget // (2 * vectors)
-        reg_w = column_tile(out_w, paired_limit) if out_chunks % 2 == 0 and paired_limit >= 4 else None
-        oc_tile = 2 if reg_w is not None else 1
-        if reg_w is None:
-            reg_w = column_tile(out_w, budget // vectors)
-        if reg_w is None:
+        tile = register_tile(instruction, out_chunks, out_w, out_block)
+        if tile is None:
             return False
+        oc_tile, reg_w = tile
+        vectors = out_block // instruction.lanes
         if has_block(sch, SHIFT_BLOCK) and has_block(sch, "data_pad"):
             sch.compute_inline(sch.get_sblock(SHIFT_BLOCK))
         # elementwise stages the epilogue reads besides the accumulator (a residual add's
