@@ -73,6 +73,16 @@ class Op:
         integer arithmetic (per-channel weight scales lie along it); None for ops left in float."""
         return None
 
+    def integer_node(self, name: str, head: list, bias: str | None, requantize, output: str,
+                     has_bias: bool):
+        """The integer op (``ops/quantization.py``) that runs this op's quantized chain
+        ``DequantizeLinear -> op [-> Relu] -> QuantizeLinear`` in the integer reference, or the
+        reason it cannot. ``head`` is (x, x scale, x zero point, w, w scale, w zero point);
+        ``bias`` the int32 bias or None; ``requantize`` (y scale, y zero point) or None when the
+        chain's output stays float; ``output`` the tensor it writes. Only ops with a
+        ``quantized_weight_axis`` are asked."""
+        return f"{type(self).__name__} has no integer form"
+
     def __init__(self, attrs: dict | None = None, name: str = ""):
         self.name = name
         given = dict(attrs or {})

@@ -195,6 +195,14 @@ class Conv(_Spatial2D):
 
     def quantized_weight_axis(self) -> int:
         return 0  # OIHW: output channels first
+
+    def integer_node(self, name, head, bias, requantize, output, has_bias):
+        from ..ir import Node  # the IR imports the ops: a module-level import would be a cycle
+
+        if requantize is None:
+            return "its output is not quantized again"
+        return Node("QLinearConv", name, head + list(requantize) + ([bias] if bias else []), [output],
+                    dict(self.attrs))
     def check_attrs(self, attrs):
         attrs = self.check_grouped(attrs)
         return attrs

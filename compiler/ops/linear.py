@@ -42,6 +42,14 @@ class Gemm(Op):
     def quantized_weight_axis(self) -> int:
         return 0 if self.attrs["transB"] else 1
 
+    def integer_node(self, name, head, bias, requantize, output, has_bias):
+        from ..ir import Node  # the IR imports the ops: a module-level import would be a cycle
+
+        if self.attrs["alpha"] != 1.0 or self.attrs["transA"] or (has_bias and self.attrs["beta"] != 1.0):
+            return "Gemm with alpha/beta != 1 or transA"
+        tail = [bias or ""] + (list(requantize) if requantize else [])
+        return Node("QGemm", name, head + tail, [output], {"transB": self.attrs["transB"]})
+
     def _mkn(self, a_shape, b_shape):
         if len(a_shape) != 2 or len(b_shape) != 2:
             self.fail("A and B must be 2-D (add Flatten before a Dense layer)", a_shape=tuple(a_shape),

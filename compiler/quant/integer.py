@@ -110,7 +110,6 @@ def _without_dead(nodes: list[Node], outputs) -> list[Node]:
 
 def _fuse(graph, node, producers, consumers, replaced, dropped, new_params) -> str | None:
     """Rewrite one Conv/Gemm chain; the reason it stays simulated, or None when rewritten."""
-    attrs = dict(graph.ops[node.name].attrs)
     dq_x = _dequantized(graph, producers, node.inputs[0], constant=False)
     dq_w = _dequantized(graph, producers, node.inputs[1], constant=True)
     if dq_x is None or dq_w is None:
@@ -130,9 +129,6 @@ def _fuse(graph, node, producers, consumers, replaced, dropped, new_params) -> s
     out_channels = wq.shape[out_axis]
     if sw.size != 1 and w_axis != out_axis:
         return "its weight scale is not per output channel"
-    if node.op_type == "Gemm":
-        if float(attrs["alpha"]) != 1.0 or attrs["transA"] or (len(node.inputs) > 2 and float(attrs["beta"]) != 1.0):
-            return "Gemm with alpha/beta != 1 or transA"
     bias = _bias_int32(graph, producers, node.inputs[2] if len(node.inputs) > 2 else None, sx, sw, out_channels,
                        new_params, node.name)
     if bias is False:
@@ -160,18 +156,11 @@ def _fuse(graph, node, producers, consumers, replaced, dropped, new_params) -> s
         zw_name = f"{node.name}.w_zero_point"
         new_params[zw_name] = np.zeros((), wq.dtype)
     head = [dq_x.inputs[0], dq_x.inputs[1], zx_name, dq_w.inputs[0], dq_w.inputs[1], zw_name]
-    if node.op_type == "Conv":
-        if quant is None:
-            return "its output is not quantized again"
-        inputs = head + [quant.inputs[1], quant.inputs[2]] + ([bias] if bias else [])
-        fused = Node("QLinearConv", node.name, inputs, [quant.outputs[0]], attrs)
-    else:
-        tail = [bias or ""]
-        if quant is not None:
-            tail += [quant.inputs[1], quant.inputs[2]]
-        out = quant.outputs[0] if quant is not None else chain_end.outputs[0]
-        fused = Node("QGemm", node.name, head + tail, [out] if quant is not None or relu is None else
-                     [node.outputs[0]], {"transB": attrs.get("transB", 0)})
+    requantize = (quant.inputs[1], quant.inputs[2]) if quant is not None else None
+    output = quant.outputs[0] if quant is not None else (chain_end.outputs[0] if relu is None else node.outputs[0])
+    fused = graph.ops[node.name].integer_node(node.name, head, bias, requantize, output, len(node.inputs) > 2)
+    if isinstance(fused, str):
+        return fused
     chain = [fused]
     if quant is not None:
         dropped.add(quant.name)
