@@ -157,7 +157,7 @@ def _fuse(graph, node, producers, consumers, replaced, dropped, new_params) -> s
         new_params[zw_name] = np.zeros((), wq.dtype)
     head = [dq_x.inputs[0], dq_x.inputs[1], zx_name, dq_w.inputs[0], dq_w.inputs[1], zw_name]
     requantize = (quant.inputs[1], quant.inputs[2]) if quant is not None else None
-    output = quant.outputs[0] if quant is not None else (chain_end.outputs[0] if relu is None else node.outputs[0])
+    output = quant.outputs[0] if quant is not None else node.outputs[0]  # a float-output chain keeps its Relu after it
     fused = graph.ops[node.name].integer_node(node.name, head, bias, requantize, output, len(node.inputs) > 2)
     if isinstance(fused, str):
         return fused
